@@ -1,0 +1,3 @@
+from ehrnet_jax.cli import main
+
+raise SystemExit(main())

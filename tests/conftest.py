@@ -1,0 +1,28 @@
+"""Shared test fixtures: where `../shared` lives, and skips with a reason where it does not."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("EHRNET_SHARED", REPO.parent / "shared"))
+
+
+def _shared_dir(*parts: str) -> pathlib.Path:
+  path = SHARED.joinpath(*parts)
+  if not path.exists():
+    pytest.skip(f"{path} is not present (the project's ../shared folder; set EHRNET_SHARED)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> pathlib.Path:
+  """`../shared/fixtures/reference`: outputs of the authors' model and grouping."""
+  return _shared_dir("fixtures", "reference")
+
+
+@pytest.fixture(scope="session")
+def coco_mini_dir() -> pathlib.Path:
+  """`../shared/data/coco-mini`: 80 real COCO train2017 images with keypoint annotations."""
+  return _shared_dir("data", "coco-mini")
