@@ -1,0 +1,225 @@
+"""Conversion of the authors' PyTorch state dicts into Flax variables.
+
+`key_map(spec)` lists, for every layer of the reference model, its state-dict prefix, the path of
+the matching Flax module and the kind of layer; `convert_state_dict` applies it, checking that
+every key is used exactly once with the right shape. Nothing is skipped silently: the only keys
+without a Flax counterpart are BN's `num_batches_tracked` counters, which PyTorch uses only when
+`momentum=None` (never in this model) and which are checked and counted, not copied.
+"""
+
+import pathlib
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ehrnet_jax.errors import UserError
+from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.scaling import ScalingSpec
+
+Path = tuple[str, ...]
+# (state-dict prefix, Flax module path, layer kind)
+Entry = tuple[str, Path, str]
+CONV, CONV_BIAS, BN, DENSE_FROM_1X1, CONV_TRANSPOSE = (
+    "conv", "conv_bias", "bn", "dense_from_1x1", "conv_transpose")
+
+# Per layer kind: state-dict suffix -> (collection, Flax variable name, layout conversion).
+_conv = lambda w: np.transpose(w, (2, 3, 1, 0))        # (O, I, kh, kw) -> (kh, kw, I, O)
+_dense = lambda w: np.transpose(w[:, :, 0, 0], (1, 0))  # (O, I, 1, 1) -> (I, O)
+_identity = lambda w: w
+LAYER_VARIABLES = {
+    CONV: {"weight": ("params", "kernel", _conv)},
+    CONV_BIAS: {"weight": ("params", "kernel", _conv), "bias": ("params", "bias", _identity)},
+    DENSE_FROM_1X1: {"weight": ("params", "kernel", _dense), "bias": ("params", "bias", _identity)},
+    # Flax ConvTranspose(transpose_kernel=True) wants (kh, kw, O, I) from torch's (I, O, kh, kw).
+    CONV_TRANSPOSE: {"weight": ("params", "kernel", _conv)},
+    BN: {"weight": ("params", "scale", _identity), "bias": ("params", "bias", _identity),
+         "running_mean": ("batch_stats", "mean", _identity),
+         "running_var": ("batch_stats", "var", _identity),
+         "num_batches_tracked": None},
+}
+
+
+def _conv_bn(prefix_conv: str, prefix_bn: str, path: Path, conv_kind: str = CONV
+             ) -> Iterator[Entry]:
+  yield prefix_conv, path + ("conv",), conv_kind
+  yield prefix_bn, path + ("bn",), BN
+
+
+def backbone_key_map(spec: ScalingSpec, prefix: str = "features",
+                     path: Path = ("backbone",)) -> Iterator[Entry]:
+  """The backbone (`features.*`, the narumiruna EfficientNet layout the reference uses)."""
+  yield from _conv_bn(f"{prefix}.0.1", f"{prefix}.0.2", path + ("stem",))
+  index = 1
+  for stage in spec.backbone_stages:
+    for _ in range(stage.repeats):
+      block, block_path = f"{prefix}.{index}.conv", path + (f"block_{index}",)
+      layer = 0
+      if stage.expand_ratio != 1:
+        yield from _conv_bn(f"{block}.0.1", f"{block}.0.2", block_path + ("expand",))
+        layer = 1
+      yield from _conv_bn(f"{block}.{layer}.1", f"{block}.{layer}.2", block_path + ("depthwise",))
+      yield f"{block}.{layer + 1}.se.1", block_path + ("se", "reduce"), DENSE_FROM_1X1
+      yield f"{block}.{layer + 1}.se.3", block_path + ("se", "expand"), DENSE_FROM_1X1
+      yield f"{block}.{layer + 2}", block_path + ("project",), CONV
+      yield f"{block}.{layer + 3}", block_path + ("project_bn",), BN
+      index += 1
+
+
+def _basic_block(prefix: str, path: Path) -> Iterator[Entry]:
+  for n in (1, 2):
+    yield from _conv_bn(f"{prefix}.conv{n}", f"{prefix}.bn{n}", path + (f"conv{n}",))
+
+
+def hrnet_key_map(spec: ScalingSpec, path: Path = ("hrnet",)) -> Iterator[Entry]:
+  """Transitions (`transK_branchB`) and stages (`stageS.M.{branches,fuse_layers}`)."""
+  def trans(name):
+    yield from _conv_bn(f"{name}.0", f"{name}.1", path + (name,), CONV_BIAS)
+
+  yield from trans("trans1_branch1")
+  yield from trans("trans1_branch2")
+  for stage, num_modules in enumerate(spec.stage_modules, start=2):
+    if stage > 2:
+      for b in range(1, stage + 1):
+        yield from trans(f"trans{stage - 1}_branch{b}")
+    for m in range(num_modules):
+      prefix, module_path = f"stage{stage}.{m}", path + (f"stage{stage}_module{m}",)
+      for b in range(stage):
+        for k in range(spec.blocks_per_branch):
+          yield from _basic_block(f"{prefix}.branches.{b}.{k}", module_path + (f"branch{b}_block{k}",))
+      outputs = 1 if (stage == 4 and m == num_modules - 1) else stage
+      for i in range(outputs):
+        for j in range(stage):
+          fuse = f"{prefix}.fuse_layers.{i}.{j}"
+          if j > i:
+            yield from _conv_bn(f"{fuse}.0", f"{fuse}.1", module_path + (f"fuse{i}_{j}",))
+          for step in range(i - j):
+            yield from _conv_bn(f"{fuse}.{step}.0", f"{fuse}.{step}.1",
+                                module_path + (f"fuse{i}_{j}_step{step}",))
+
+
+def head_key_map(spec: ScalingSpec, path: Path = ("head",)) -> Iterator[Entry]:
+  """`final_layers.{0,1}` and `deconv_layers.0.*`."""
+  yield "final_layers.0", path + ("final_4",), CONV_BIAS
+  yield "deconv_layers.0.0.0", path + ("deconv",), CONV_TRANSPOSE
+  yield "deconv_layers.0.0.1", path + ("deconv_bn",), BN
+  for k in range(spec.head_blocks):
+    yield from _basic_block(f"deconv_layers.0.{k + 1}.0", path + (f"deconv_block{k}",))
+  yield "final_layers.1", path + ("final_2",), CONV_BIAS
+
+
+def key_map(spec: ScalingSpec) -> list[Entry]:
+  """Every layer of the reference EfficientHRNet for `spec`, in state-dict order."""
+  return [*backbone_key_map(spec), *hrnet_key_map(spec), *head_key_map(spec)]
+
+
+def abstract_variables(spec: ScalingSpec) -> dict:
+  """Shapes and dtypes of the model's variables (no computation)."""
+  model = EfficientHRNet(spec)
+  return jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+
+
+def normalise_state_dict(state_dict: Mapping, source: str) -> dict[str, np.ndarray]:
+  """Unwraps `{"state_dict": ...}` and strips DataParallel/DDP `module.` prefixes."""
+  if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+    state_dict = state_dict["state_dict"]
+  arrays = {}
+  for key, value in state_dict.items():
+    if not isinstance(key, str):
+      raise UserError(f"{source}: state-dict key {key!r} is not a string")
+    name = key.removeprefix("module.")
+    if name in arrays:
+      raise UserError(f"{source}: key {name!r} appears twice (with and without 'module.')")
+    arrays[name] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+  return arrays
+
+
+def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads a `.pth`/`.pt`/`.tar` (PyTorch, weights only) or `.npz` state dict as NumPy arrays."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: no such file (expected the authors' .pth state dict or an .npz "
+                    "with the same key names)")
+  if path.suffix == ".npz":
+    with np.load(path, allow_pickle=False) as data:
+      return normalise_state_dict(dict(data), str(path))
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"{path}: reading PyTorch checkpoints needs torch; install the extra with "
+                    "`pip install -e '.[torch]'` (or convert the file to .npz)") from None
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as error:  # torch raises many types for corrupt or non-weights files
+    raise UserError(f"{path}: not a readable PyTorch weights file ({error})") from None
+  if not isinstance(loaded, Mapping):
+    raise UserError(f"{path}: expected a state dict (a mapping of names to tensors), "
+                    f"found {type(loaded).__name__}")
+  return normalise_state_dict(loaded, str(path))
+
+
+def _get(tree: Mapping, path: Path):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _set(tree: dict, path: Path, value) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
+                       source: str = "state dict") -> dict:
+  """Reference state dict -> `{"params": ..., "batch_stats": ...}` for `EfficientHRNet(spec)`.
+
+  Raises `UserError` listing every missing, unexpected or mis-shaped key by name.
+  """
+  target = abstract_variables(spec)
+  variables, missing, misshaped, used = {}, [], [], set()
+  for prefix, path, kind in key_map(spec):
+    for suffix, destination in LAYER_VARIABLES[kind].items():
+      key = f"{prefix}.{suffix}"
+      if key not in state_dict:
+        missing.append(key)
+        continue
+      used.add(key)
+      if destination is None:
+        continue
+      collection, name, to_flax = destination
+      expected = _get(target[collection], path + (name,)).shape
+      value = np.asarray(state_dict[key])
+      converted = _convert_layout(to_flax, value)
+      if converted is None or converted.shape != expected:
+        misshaped.append(f"{key}: {tuple(value.shape)} does not fit {'/'.join(path + (name,))} "
+                         f"{tuple(expected)}")
+        continue
+      _set(variables.setdefault(collection, {}), path + (name,),
+           jnp.asarray(converted, dtype=jnp.float32))
+  unexpected = sorted(set(state_dict) - used)
+  if missing or unexpected or misshaped:
+    problems = [f"{len(missing)} missing: {_listing(missing)}" if missing else "",
+                f"{len(unexpected)} unexpected: {_listing(unexpected)}" if unexpected else "",
+                f"{len(misshaped)} mis-shaped: {_listing(misshaped)}" if misshaped else ""]
+    raise UserError(f"{source} does not match variant {spec.name}; "
+                    + "; ".join(p for p in problems if p)
+                    + ". Is it the checkpoint of another variant (see `ehrnet info`)?")
+  if jax.tree.structure(variables) != jax.tree.structure(target):
+    raise RuntimeError(f"internal error: key_map({spec.name}) does not cover every variable")
+  return variables
+
+
+def _convert_layout(to_flax, value: np.ndarray) -> np.ndarray | None:
+  """The array in Flax layout, or None when its rank does not fit the layer."""
+  try:
+    return to_flax(value)
+  except (IndexError, ValueError):
+    return None
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+  shown = ", ".join(names[:limit])
+  return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,45 @@
+"""EfficientHRNet: compact EfficientNet backbone + high-resolution network + HigherHRNet head."""
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ehrnet_jax.models.efficientnet import EfficientNetFeatures
+from ehrnet_jax.models.head import HigherResolutionHead
+from ehrnet_jax.models.hrnet import HighResolutionNetwork
+from ehrnet_jax.models.layers import Dtype
+from ehrnet_jax.scaling import ScalingSpec
+
+
+class PoseOutputs(NamedTuple):
+  """The network's predictions, float32, NHWC."""
+  heatmaps_4: jax.Array  # (B, H/4, W/4, J) keypoint heatmaps at 1/4 resolution
+  tags_4: jax.Array      # (B, H/4, W/4, J) associative-embedding tags, one per joint
+  heatmaps_2: jax.Array  # (B, H/2, W/2, J) keypoint heatmaps at 1/2 resolution
+
+
+class EfficientHRNet(nn.Module):
+  """The bottom-up pose network for one `ScalingSpec`.
+
+  `train=True` uses batch statistics (and updates `batch_stats` when it is mutable) and
+  drop-connect (needs a "dropout" rng); `train=False` uses the running statistics and is
+  deterministic. `dtype` is the compute dtype (e.g. bfloat16 on TPU); parameters and batch-norm
+  statistics stay float32 and so do the outputs.
+  """
+  spec: ScalingSpec
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> PoseOutputs:
+    """images: (B, H, W, 3) normalised RGB, H and W multiples of 32."""
+    self.spec.check_input_shape(*images.shape[1:3])
+    taps = EfficientNetFeatures(self.spec, dtype=self.dtype, name="backbone")(images, train)
+    x = HighResolutionNetwork(self.spec, dtype=self.dtype, name="hrnet")(taps, train)
+    out_4, out_2 = HigherResolutionHead(
+        self.spec.num_joints, self.spec.head_width, self.spec.head_blocks, dtype=self.dtype,
+        name="head")(x, train)
+    joints = self.spec.num_joints
+    out_4, out_2 = out_4.astype(jnp.float32), out_2.astype(jnp.float32)
+    return PoseOutputs(out_4[..., :joints], out_4[..., joints:], out_2)

@@ -1,0 +1,130 @@
+"""The compact EfficientNet backbone (MBConv + squeeze-excitation + swish) and its classifier.
+
+Layer for layer the reference's backbone (an EfficientNet-B0 layout scaled by `ScalingSpec`),
+including its fixed asymmetric padding: a k x k conv of stride s is padded by
+`p = max(k - s, 0)` split as `(p // 2, p - p // 2)` on each axis (top/left first), then run VALID.
+That equals TF 'SAME' only for even input sizes, so it is spelled out here.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ehrnet_jax.models.layers import BatchNorm, ConvBN, Dtype, kaiming_fan_out
+from ehrnet_jax.scaling import ScalingSpec
+
+
+def reference_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  total = max(kernel_size - stride, 0)
+  pad = (total // 2, total - total // 2)
+  return (pad, pad)
+
+
+def backbone_conv(features: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                  name: str | None = None, dtype: Dtype = jnp.float32) -> ConvBN:
+  """Conv-BN-swish with the reference's padding and kaiming (fan_out) initialisation."""
+  return ConvBN(features, kernel_size, stride, padding=reference_padding(kernel_size, stride),
+                groups=groups, activation=nn.swish, kernel_init=kaiming_fan_out, dtype=dtype,
+                name=name)
+
+
+def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Drops whole samples of a residual branch with probability `rate`, rescaling the rest."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class SqueezeExcite(nn.Module):
+  """Channel attention: global average pool, reduce + swish, expand + sigmoid, rescale."""
+  reduced: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pooled = x.mean(axis=(1, 2))                                            # (B, C)
+    s = nn.swish(nn.Dense(self.reduced, dtype=self.dtype, name="reduce")(pooled))
+    s = nn.sigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
+    return x * s[:, None, None, :]
+
+
+class MBConv(nn.Module):
+  """Inverted residual: [1x1 expand] -> k x k depthwise (stride s) -> SE -> 1x1 project.
+
+  The residual (with drop-connect in training) is used when the stride is 1 and the widths match.
+  The SE bottleneck is a quarter of the block's *input* width, as in the reference.
+  """
+  in_channels: int
+  out_channels: int
+  expand_ratio: int
+  kernel_size: int
+  stride: int
+  drop_connect_rate: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    hidden = self.in_channels * self.expand_ratio
+    y = x
+    if self.expand_ratio != 1:
+      y = backbone_conv(hidden, 1, name="expand", dtype=self.dtype)(y, train)
+    y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
+                      dtype=self.dtype)(y, train)
+    y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
+    y = nn.Conv(self.out_channels, (1, 1), use_bias=False, kernel_init=kaiming_fan_out,
+                dtype=self.dtype, name="project")(y)
+    y = BatchNorm(dtype=self.dtype, name="project_bn")(y, train)
+    if self.stride == 1 and self.in_channels == self.out_channels:
+      if train and self.drop_connect_rate > 0:
+        y = drop_connect(y, self.drop_connect_rate, self.make_rng("dropout"))
+      y = x + y
+    return y
+
+
+class EfficientNetFeatures(nn.Module):
+  """The backbone: stem + MBConv stages. Returns the four taps at strides 4, 8, 16 and 32.
+
+  Submodules are named as the reference's `features[i]`: `stem` is 0, `block_i` for i >= 1.
+  """
+  spec: ScalingSpec
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    spec = self.spec
+    self.stem = backbone_conv(spec.stem_channels, 3, 2, name="stem", dtype=self.dtype)
+    blocks, in_channels = [], spec.stem_channels
+    for stage in spec.backbone_stages:
+      for repeat in range(stage.repeats):
+        blocks.append(MBConv(
+            in_channels, stage.channels, stage.expand_ratio, stage.kernel_size,
+            stage.stride if repeat == 0 else 1, spec.drop_connect_rate, dtype=self.dtype,
+            name=f"block_{len(blocks) + 1}"))
+        in_channels = stage.channels
+    self.blocks = blocks
+
+  def __call__(self, images: jax.Array, train: bool) -> list[jax.Array]:
+    x = self.stem(images.astype(self.dtype), train)
+    taps, tap_blocks = [], set(self.spec.tap_blocks)
+    for index, block in enumerate(self.blocks, start=1):
+      x = block(x, train)
+      if index in tap_blocks:
+        taps.append(x)
+    return taps                          # [(B,H/4,W/4,C1), (B,H/8,..,C2), (..H/16..), (..H/32..)]
+
+
+class EfficientNetClassifier(nn.Module):
+  """The backbone-only model of the paper's Table 2: features, 1x1 conv-BN-swish to
+  `round_filters(1280)`, global average pool, dropout, linear classifier."""
+  spec: ScalingSpec
+  num_classes: int = 1000
+  dropout_rate: float = 0.2
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    x = EfficientNetFeatures(self.spec, dtype=self.dtype, name="backbone")(images, train)[-1]
+    x = backbone_conv(self.spec.classifier_channels, 1, name="head_conv", dtype=self.dtype)(
+        x, train)
+    x = x.mean(axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
