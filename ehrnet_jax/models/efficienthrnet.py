@@ -26,16 +26,19 @@ class EfficientHRNet(nn.Module):
   `train=True` uses batch statistics (and updates `batch_stats` when it is mutable) and
   drop-connect (needs a "dropout" rng); `train=False` uses the running statistics and is
   deterministic. `dtype` is the compute dtype (e.g. bfloat16 on TPU); parameters and batch-norm
-  statistics stay float32 and so do the outputs.
+  statistics stay float32 and so do the outputs. `depthwise` picks the backbone's depthwise-conv
+  implementation ("auto": shifted slices on CPU, grouped conv elsewhere; "conv" for export).
   """
   spec: ScalingSpec
+  depthwise: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> PoseOutputs:
     """images: (B, H, W, 3) normalised RGB, H and W multiples of 32."""
     self.spec.check_input_shape(*images.shape[1:3])
-    taps = EfficientNetFeatures(self.spec, dtype=self.dtype, name="backbone")(images, train)
+    taps = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name="backbone")(
+        images, train)
     x = HighResolutionNetwork(self.spec, dtype=self.dtype, name="hrnet")(taps, train)
     out_4, out_2 = HigherResolutionHead(
         self.spec.num_joints, self.spec.head_width, self.spec.head_blocks, dtype=self.dtype,

@@ -21,11 +21,12 @@ def reference_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], t
 
 
 def backbone_conv(features: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  name: str | None = None, dtype: Dtype = jnp.float32) -> ConvBN:
+                  name: str | None = None, depthwise: str = "auto",
+                  dtype: Dtype = jnp.float32) -> ConvBN:
   """Conv-BN-swish with the reference's padding and kaiming (fan_out) initialisation."""
   return ConvBN(features, kernel_size, stride, padding=reference_padding(kernel_size, stride),
-                groups=groups, activation=nn.swish, kernel_init=kaiming_fan_out, dtype=dtype,
-                name=name)
+                groups=groups, activation=nn.swish, kernel_init=kaiming_fan_out,
+                depthwise=depthwise, dtype=dtype, name=name)
 
 
 def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -59,6 +60,7 @@ class MBConv(nn.Module):
   kernel_size: int
   stride: int
   drop_connect_rate: float
+  depthwise: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -68,7 +70,7 @@ class MBConv(nn.Module):
     if self.expand_ratio != 1:
       y = backbone_conv(hidden, 1, name="expand", dtype=self.dtype)(y, train)
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
-                      dtype=self.dtype)(y, train)
+                      depthwise=self.depthwise, dtype=self.dtype)(y, train)
     y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
     y = nn.Conv(self.out_channels, (1, 1), use_bias=False, kernel_init=kaiming_fan_out,
                 dtype=self.dtype, name="project")(y)
@@ -84,8 +86,10 @@ class EfficientNetFeatures(nn.Module):
   """The backbone: stem + MBConv stages. Returns the four taps at strides 4, 8, 16 and 32.
 
   Submodules are named as the reference's `features[i]`: `stem` is 0, `block_i` for i >= 1.
+  `depthwise` picks the depthwise-conv implementation (see `layers.DepthwiseConv`).
   """
   spec: ScalingSpec
+  depthwise: str = "auto"
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -96,8 +100,8 @@ class EfficientNetFeatures(nn.Module):
       for repeat in range(stage.repeats):
         blocks.append(MBConv(
             in_channels, stage.channels, stage.expand_ratio, stage.kernel_size,
-            stage.stride if repeat == 0 else 1, spec.drop_connect_rate, dtype=self.dtype,
-            name=f"block_{len(blocks) + 1}"))
+            stage.stride if repeat == 0 else 1, spec.drop_connect_rate, self.depthwise,
+            dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
         in_channels = stage.channels
     self.blocks = blocks
 
@@ -117,11 +121,13 @@ class EfficientNetClassifier(nn.Module):
   spec: ScalingSpec
   num_classes: int = 1000
   dropout_rate: float = 0.2
+  depthwise: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    x = EfficientNetFeatures(self.spec, dtype=self.dtype, name="backbone")(images, train)[-1]
+    x = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name="backbone")(
+        images, train)[-1]
     x = backbone_conv(self.spec.classifier_channels, 1, name="head_conv", dtype=self.dtype)(
         x, train)
     x = x.mean(axis=(1, 2))

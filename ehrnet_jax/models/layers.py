@@ -55,6 +55,60 @@ def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int
   return ((pad, pad), (pad, pad))
 
 
+def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
+                           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """Depthwise convolution as a sum of k*k strided slices times per-channel weights.
+
+  x: (B, H, W, C); kernel: (k, k, 1, C). Same result as a grouped convolution; XLA fuses it into
+  one loop, which on CPU runs 20-80x faster than its grouped-convolution kernel.
+  """
+  k = kernel.shape[0]
+  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  out_h = (x.shape[1] - k) // stride + 1
+  out_w = (x.shape[2] - k) // stride + 1
+  out = None
+  for dy in range(k):
+    for dx in range(k):
+      window = jax.lax.slice(
+          x, (0, dy, dx, 0),
+          (x.shape[0], dy + (out_h - 1) * stride + 1, dx + (out_w - 1) * stride + 1, x.shape[3]),
+          (1, stride, stride, 1))
+      term = window * kernel[dy, dx, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """k x k depthwise convolution without bias; kernel (k, k, 1, C) as in `nn.Conv`.
+
+  `implementation`: "conv" (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
+  (`depthwise_conv_shifted`: best on CPU) or "auto" (shifted on CPU, conv elsewhere).
+  """
+  kernel_size: int
+  stride: int
+  padding: tuple[tuple[int, int], tuple[int, int]]
+  implementation: str = "auto"
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1,
+                                                     channels)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    implementation = self.implementation
+    if implementation == "auto":
+      implementation = "shifted" if jax.default_backend() == "cpu" else "conv"
+    if implementation == "shifted":
+      return depthwise_conv_shifted(x, kernel, self.stride, self.padding)
+    if implementation != "conv":
+      raise ValueError(f"unknown depthwise implementation {implementation!r}")
+    return jax.lax.conv_general_dilated(
+        x, kernel, (self.stride, self.stride), self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+
+
 class ConvBN(nn.Module):
   """Convolution (explicit padding, optional bias and groups), batch norm, optional activation."""
   features: int
@@ -65,14 +119,19 @@ class ConvBN(nn.Module):
   use_bias: bool = False
   activation: Any = None
   kernel_init: Any = small_normal
+  depthwise: str = "auto"  # implementation of depthwise convs (groups == features == inputs)
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), (self.stride, self.stride),
-                padding=padding, feature_group_count=self.groups, use_bias=self.use_bias,
-                kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
+    if self.groups > 1 and self.groups == self.features == x.shape[-1] and not self.use_bias:
+      x = DepthwiseConv(self.kernel_size, self.stride, padding, self.depthwise,
+                        kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), (self.stride, self.stride),
+                  padding=padding, feature_group_count=self.groups, use_bias=self.use_bias,
+                  kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
     x = BatchNorm(dtype=self.dtype, name="bn")(x, train)
     return self.activation(x) if self.activation is not None else x
 

@@ -1,0 +1,57 @@
+"""`ehrnet benchmark`: network latency (batch 1) and throughput (larger batch) per variant."""
+
+import argparse
+
+EXAMPLE = """example:
+  ehrnet benchmark                              # H0 ... H-4, writes BENCHMARKS.md
+  ehrnet benchmark --variant H-4 --batch 8 --repeats 30 --write none
+
+Latency: jitted eval network, batch 1, native input, median of --repeats runs after --warmup
+runs; compile time reported apart. Throughput: the same at --batch. Random weights and inputs
+(speed does not depend on them). The table replaces the section between the ehrnet-benchmark
+markers of --write (created if missing)."""
+
+BEGIN, END = "<!-- ehrnet-benchmark:begin -->", "<!-- ehrnet-benchmark:end -->"
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "benchmark", help="latency and throughput of the network per variant", description=__doc__,
+      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--variant", action="append", help="variant(s) (default: H0 ... H-4)")
+  parser.add_argument("--batch", type=int, default=8, help="batch size for throughput")
+  parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "shifted", "conv"),
+                      help="depthwise-conv implementation (auto: shifted slices on CPU)")
+  parser.add_argument("--write", default="BENCHMARKS.md",
+                      help="markdown file to update with the table ('none' to skip)")
+  parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+  import shlex  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from ehrnet_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec  # pylint: disable=import-outside-toplevel
+
+  rows = [f"Machine: {benchmark.machine_description()}.",
+          f"Command: `{shlex.join(['ehrnet', *sys.argv[1:]])}`.",
+          "",
+          f"| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
+          f"throughput b={args.batch} (images/s) |",
+          "|---|---|---|---|---|---|"]
+  for name in args.variant or list(VARIANT_NAMES):
+    spec = ScalingSpec.from_name(name)
+    latency = benchmark.time_network(spec, 1, repeats=args.repeats, warmup=args.warmup,
+                                     depthwise=args.depthwise)
+    throughput = benchmark.time_network(spec, args.batch, repeats=max(3, args.repeats // 4),
+                                        warmup=1, depthwise=args.depthwise)
+    rows.append(f"| {spec.name} | {spec.input_size} | {latency.compile_s:.1f} | "
+                f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
+    print(rows[-1], flush=True)
+  if args.write != "none":
+    benchmark.replace_section(args.write, BEGIN, END, "\n".join(rows))
+    print(f"wrote the table to {args.write}")
+  return 0

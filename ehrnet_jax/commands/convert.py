@@ -1,0 +1,37 @@
+"""`ehrnet convert`: the authors' PyTorch weights -> an ehrnet (orbax) checkpoint."""
+
+import argparse
+
+EXAMPLE = """example:
+  ehrnet convert pose_higher_hrnet_H-4.pth --variant H-4 --out checkpoints/H-4
+  ehrnet convert H-2_state_dict.npz --variant H-2 --out checkpoints/H-2
+
+SRC is a state dict of the reference model (TeCSAR-UNCC/EfficientHRNet): a .pth as released
+(plain, under "state_dict", or with "module." prefixes; needs the [torch] extra) or an .npz with
+the same key names. Every key must map onto the variant: missing, unexpected and mis-shaped keys
+are listed by name."""
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "convert", help="convert the authors' PyTorch checkpoint to an ehrnet checkpoint",
+      description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("source", metavar="SRC", help="reference state dict (.pth/.pt/.tar/.npz)")
+  parser.add_argument("--variant", required=True,
+                      help="model the weights belong to: H0, H-1, ..., H-4 (or phi=<number>)")
+  parser.add_argument("--out", required=True, help="checkpoint directory to create")
+  parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+  from ehrnet_jax import checkpoints, convert  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.scaling import ScalingSpec  # pylint: disable=import-outside-toplevel
+
+  spec = ScalingSpec.from_name(args.variant)
+  state_dict = convert.load_state_dict(args.source)
+  variables = convert.convert_state_dict(state_dict, spec, source=args.source)
+  directory = checkpoints.save_variables(args.out, variables, spec, source=str(args.source),
+                                         overwrite=args.overwrite)
+  print(f"converted {len(state_dict)} arrays of {args.source} ({spec.name}) -> {directory}")
+  return 0

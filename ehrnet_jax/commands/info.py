@@ -1,0 +1,49 @@
+"""`ehrnet info`: the spec, true parameter count, FLOPs and the paper's numbers per variant."""
+
+import argparse
+import json
+
+EXAMPLE = """example:
+  ehrnet info                       # all published variants H0 ... H-4
+  ehrnet info --variant H-4 --variant phi=-2.5 --json
+
+Columns: params = true trainable parameters; FLOPs = XLA cost analysis of the eval network at
+batch 1 and the native input (a multiply-add counts 2); MACs = conv multiply-accumulates. The
+paper's params/"FLOPs" come from a counting tool that counts every MBConv block twice and the
+transposed conv 4x; its "FLOPs" are MACs."""
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "info", help="spec, parameters and FLOPs of each variant", description=__doc__,
+      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--variant", action="append",
+                      help="variant(s) to describe (default: H0 ... H-4)")
+  parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+  parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+  from ehrnet_jax import counting  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec  # pylint: disable=import-outside-toplevel
+
+  rows = []
+  for name in args.variant or list(VARIANT_NAMES):
+    spec = ScalingSpec.from_name(name)
+    rows.append({**spec.summary(), **counting.model_counts(spec)})
+  if args.json:
+    print(json.dumps(rows, indent=2))
+    return 0
+  header = (f"{'variant':>8} {'phi':>5} {'input':>5} {'backbone W/D':>12} {'HR widths':>16} "
+            f"{'modules':>7} {'params':>11} {'GFLOPs':>7} {'GMACs':>6} "
+            f"{'paper params':>12} {'paper GFLOPs':>12}")
+  print(header)
+  print("-" * len(header))
+  for row in rows:
+    print(f"{row['name']:>8} {row['phi']:>5g} {row['input_size']:>5} "
+          f"{row['width_mult']:>6.3f}/{row['depth_mult']:<5.3f} "
+          f"{'/'.join(map(str, row['hr_widths'])):>16} "
+          f"{'/'.join(map(str, row['stage_modules'])):>7} {row['params']:>11,} "
+          f"{row['flops'] / 1e9:>7.2f} {row['conv_macs'] / 1e9:>6.2f} "
+          f"{row['paper_params'] / 1e6:>11.2f}M {row['paper_flops'] / 1e9:>12.2f}")
+  return 0

@@ -1,0 +1,49 @@
+"""`ehrnet predict`: poses on images, folders and videos -> COCO-format JSON and drawings."""
+
+import argparse
+
+EXAMPLE = """example:
+  ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict photo.jpg
+  ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict \\
+      photos/ clip.mp4 --threshold 0.2 --min-score 0.1
+
+Writes OUT/predictions.json (COCO result entries plus "file_name" and, for videos, "frame"), and
+for each input a drawing with one colour per person: OUT/<name>.jpg for images, OUT/<name>.mp4 for
+videos. Folders are searched recursively for images and videos. Grayscale and RGBA images are
+converted to RGB; unreadable files stop the run with an error naming them."""
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "predict", help="poses on images/folders/videos: JSON and drawn skeletons",
+      description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, video or folder")
+  parser.add_argument("--variant", required=True, help="H0, H-1, ..., H-4 or phi=<number>; "
+                      "must match the checkpoint")
+  parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--backend", choices=["jax"], default="jax", help="network runtime")
+  parser.add_argument("--threshold", type=float, default=0.1,
+                      help="draw joints whose confidence exceeds this (default 0.1)")
+  parser.add_argument("--min-score", type=float, default=0.0,
+                      help="leave out people scoring below this (default 0: keep all)")
+  parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,1.5")
+  parser.add_argument("--no-flip", action="store_true", help="turn the flip test off")
+  parser.add_argument("--batch-size", type=int, default=4, help="video frames per network call")
+  parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
+  parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import inference
+  from ehrnet_jax import predict
+  from ehrnet_jax.commands.evaluate import parse_scales
+  # pylint: enable=import-outside-toplevel
+  files = predict.collect_inputs(args.inputs)   # bad paths fail before the model loads
+  estimator = inference.jax_estimator(args.checkpoint, args.variant, parse_scales(args.scales),
+                                      not args.no_flip)
+  entries = predict.predict(estimator, files, args.out, args.threshold, args.min_score,
+                            args.batch_size, draw=not args.no_draw)
+  print(f"{len(entries)} people in {len(files)} input(s); wrote {args.out}/predictions.json")
+  return 0

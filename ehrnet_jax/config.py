@@ -1,0 +1,192 @@
+"""Training configuration: frozen dataclasses, config files and dotted command-line overrides.
+
+An experiment is a Python file (see `experiments/`) defining `get_config() -> Config`. Every field
+can be overridden with `--set SECTION.FIELD=VALUE`; the value is parsed according to the field's
+type (bool: true/false/1/0/yes/no; tuples: `200,260` or `(200, 260)`; optional fields: `none`).
+
+  config = load_config("experiments/h-4.py", ["train.epochs=10", "data.per_device_batch=4"])
+
+No dependency beyond the standard library; configs are immutable and hashable, so they can be
+passed to jitted functions as static arguments.
+"""
+
+import ast
+import dataclasses
+import importlib.util
+import pathlib
+import types
+import typing
+from typing import Any, Sequence
+
+from ehrnet_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Which EfficientHRNet to train."""
+  variant: str = "H-4"  # "H0" ... "H-4", or a phi such as "-2.5" (ScalingSpec.from_phi).
+  input_size: int | None = None  # Training crop (multiple of 32); None = the variant's own.
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Training data: a COCO-layout folder, built once into a TFDS dataset (`ehrnet_jax.data`)."""
+  # annotations/person_keypoints_{train,val}2017.json + train2017/, val2017/;
+  # "" = the sample images bundled in the package (ehrnet_jax/sample_data).
+  coco_dir: str = ""
+  # Where the TFDS dataset of coco_dir is built (once); "" = <workdir>/tfds. Use one directory
+  # per COCO folder (the dataset's name does not depend on the folder).
+  tfds_dir: str = ""
+  split: str = "train"  # TFDS split: train (train2017), validation (val2017).
+  per_device_batch: int = 8
+  shuffle_buffer: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Weights of the loss terms (the reference: 1, 1, 1e-3, 1e-3)."""
+  heatmap_4: float = 1.0
+  heatmap_2: float = 1.0
+  pull: float = 1e-3
+  push: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimiser, schedule and run length."""
+  epochs: float = 300.0
+  # Total optimiser steps; 0 = epochs * steps_per_epoch (the dataset size / the global batch).
+  steps: int = 0
+  learning_rate: float = 1e-3
+  lr_milestones: tuple[float, ...] = (200.0, 260.0)  # In epochs; lr *= lr_factor at each.
+  lr_factor: float = 0.1
+  warmup_epochs: float = 0.0  # Linear warm-up from 0 (the reference has none).
+  # Keep the backbone's parameters fixed (its BN statistics still update and drop-connect stays
+  # on, as in the reference). Off by default: it only makes sense with a pretrained backbone
+  # (init.checkpoint), which the reference loads and this project cannot ship.
+  freeze_backbone: bool = False
+  compute_dtype: str = "float32"  # "bfloat16" for TPUs: bf16 activations, f32 master weights.
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """Where the initial weights come from (default: the model's random initialisation)."""
+  checkpoint: str = ""  # A directory written by ehrnet_jax.checkpoints.save_variables.
+  backbone_only: bool = True  # Take only the backbone (params and BN statistics) from it.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Logging, checkpointing and evaluation cadence."""
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 1000
+  keep_checkpoints: int = 3  # The latest N, plus the best by AP.
+  eval_every_steps: int = 0  # 0 = evaluate only at the end; -1 = never.
+  eval_split: str = "validation"  # TFDS split of data.coco_dir to evaluate on.
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a training run needs; `experiments/*.py` return one of these."""
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  loss: LossConfig = LossConfig()
+  train: TrainConfig = TrainConfig()
+  init: InitConfig = InitConfig()
+  run: RunConfig = RunConfig()
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _is_optional(kind) -> tuple[bool, Any]:
+  """(True, T) for `T | None`, else (False, kind)."""
+  if typing.get_origin(kind) in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if len(args) == 1 and len(typing.get_args(kind)) == 2:
+      return True, args[0]
+  return False, kind
+
+
+def parse_value(text: str, kind, name: str = "value"):
+  """Parses `text` as the annotated type `kind`; raises UserError naming `name` otherwise."""
+  optional, kind = _is_optional(kind)
+  if optional and text.strip().lower() in ("none", "null", ""):
+    return None
+  try:
+    if kind is bool:
+      lowered = text.strip().lower()
+      if lowered in ("1", "true", "yes", "on"):
+        return True
+      if lowered in ("0", "false", "no", "off"):
+        return False
+      raise ValueError(text)
+    if kind in (int, float):
+      value = ast.literal_eval(text.strip())
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(text)
+      if kind is int and value != int(value):
+        raise ValueError(text)
+      return kind(value)
+    if kind is str:
+      return text
+    if typing.get_origin(kind) is tuple:
+      (item_kind, _) = typing.get_args(kind)
+      stripped = text.strip().strip("()[]")
+      items = [s for s in (p.strip() for p in stripped.split(",")) if s]
+      return tuple(parse_value(item, item_kind, name) for item in items)
+  except (ValueError, SyntaxError) as error:
+    raise UserError(f"{name}: cannot read {text!r} as {_type_name(kind)}") from error
+  raise TypeError(f"{name}: unsupported field type {kind}")
+
+
+def _type_name(kind) -> str:
+  return getattr(kind, "__name__", str(kind))
+
+
+def override(config: Config, assignment: str) -> Config:
+  """Returns `config` with one `section.field=value` assignment applied."""
+  key, sep, text = assignment.partition("=")
+  if not sep:
+    raise UserError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=10")
+  return _replace(config, key.strip().split("."), text, key.strip())
+
+
+def _replace(node, path: list[str], text: str, key: str):
+  fields = {f.name: f for f in dataclasses.fields(node)}
+  name = path[0]
+  if name not in fields:
+    raise UserError(f"override {key!r}: {type(node).__name__} has no field {name!r}; "
+                    f"fields are {', '.join(fields)}")
+  current = getattr(node, name)
+  if dataclasses.is_dataclass(current):
+    if len(path) == 1:
+      raise UserError(f"override {key!r}: {name!r} is a section; set one of its fields, "
+                      f"e.g. {key}.{dataclasses.fields(current)[0].name}=...")
+    return dataclasses.replace(node, **{name: _replace(current, path[1:], text, key)})
+  if len(path) > 1:
+    raise UserError(f"override {key!r}: {name!r} is a field, not a section")
+  kind = typing.get_type_hints(type(node))[name]
+  return dataclasses.replace(node, **{name: parse_value(text, kind, key)})
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
+  """Runs the config file's `get_config()` and applies the `section.field=value` overrides."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"config {path}: no such file (configs live in experiments/, e.g. "
+                    f"experiments/h-4.py)")
+  module_name = "ehrnet_experiment_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise UserError(f"config {path}: defines no get_config() function")
+  config = module.get_config()
+  if not isinstance(config, Config):
+    raise UserError(f"config {path}: get_config() returned {type(config).__name__}, "
+                    f"expected ehrnet_jax.config.Config")
+  for assignment in overrides:
+    config = override(config, assignment)
+  return config

@@ -1,0 +1,85 @@
+"""Parameter and compute counts: the true numbers and the paper's counting convention.
+
+* Parameters: the exact count of trainable parameters (equal to the reference's
+  `model.parameters()`).
+* FLOPs: XLA's `cost_analysis()` of the lowered eval-mode network, i.e. of the model's HLO before
+  backend-specific rewrites, so the figure is the same on every platform (a multiply-add counts
+  2; zero-padding taps are skipped; element-wise work is included).
+* Conv MACs: multiply-accumulates of every convolution and dense layer, read off the jaxpr, with a
+  transposed conv counted over its input (the convention of fvcore and PyTorch's counters).
+* The paper's numbers come from HigherHRNet's `get_model_summary`, which counts every MBConv
+  block's parameters twice (once for the block, once for its inner layers; only the stem escapes)
+  and counts the transposed conv's MACs over its output, i.e. 4x. Its "FLOPs" are those MACs.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.scaling import ScalingSpec
+
+
+def count_params(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _subjaxprs(eqn):
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+      if isinstance(item, jex_core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jex_core.Jaxpr):
+        yield item
+
+
+def _macs(jaxpr) -> tuple[int, int]:
+  """(MACs with transposed convs counted over their input, MACs counted over their output)."""
+  true_macs = output_macs = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      out_shape = eqn.outvars[0].aval.shape
+      rhs_shape = eqn.invars[1].aval.shape
+      out_features = rhs_shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+      macs = math.prod(out_shape) * math.prod(rhs_shape) // out_features
+      output_macs += macs
+      true_macs += macs // math.prod(eqn.params["lhs_dilation"])
+    elif eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs_shape = eqn.invars[0].aval.shape
+      macs = math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[d] for d in contracting)
+      true_macs += macs
+      output_macs += macs
+    for sub in _subjaxprs(eqn):
+      sub_true, sub_output = _macs(sub)
+      true_macs += sub_true
+      output_macs += sub_output
+  return true_macs, output_macs
+
+
+def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
+                 with_flops: bool = True) -> dict:
+  """Counts for `EfficientHRNet(spec)` at batch 1 and `size` (H, W; default: the native input)."""
+  height, width = size or (spec.input_size, spec.input_size)
+  model = EfficientHRNet(spec)
+  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  apply = lambda v, x: model.apply(v, x, train=False)
+  true_macs, output_macs = _macs(jax.make_jaxpr(apply)(variables, images).jaxpr)
+  params = count_params(variables["params"])
+  backbone = count_params(variables["params"]["backbone"])
+  stem = count_params(variables["params"]["backbone"]["stem"])
+  counts = {
+      "name": spec.name, "phi": spec.phi, "counted_at_hw": [height, width],
+      "params": params, "backbone_params": backbone,
+      "batch_stats": count_params(variables["batch_stats"]),
+      "conv_macs": true_macs,
+      "paper_params": params + backbone - stem,
+      "paper_flops": output_macs,
+  }
+  if with_flops:
+    cost = jax.jit(apply).lower(variables, images).cost_analysis()
+    counts["flops"] = int((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  return counts

@@ -1,0 +1,143 @@
+"""COCO keypoint evaluation: run a `PoseEstimator` over a split, write results, score them.
+
+Images come from a COCO folder (`ROOT/annotations/person_keypoints_SPLIT.json` and
+`ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.pipeline`).
+As in the reference, every image of the split is run, every person found is kept (no OKS-NMS or
+rescoring), and pycocotools' keypoint metrics are reported by name.
+"""
+
+import dataclasses
+import json
+import pathlib
+import statistics
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import tqdm
+
+from ehrnet_jax import coco_results
+from ehrnet_jax import inference
+from ehrnet_jax.errors import UserError
+
+TFDS_SPLITS = {"val2017": "validation", "train2017": "train"}
+PARTS = ("network", "decode", "grouping")
+
+
+@dataclasses.dataclass
+class Source:
+  """What to evaluate: ground truth, image ids, and images as (image_id, RGB uint8) pairs."""
+  ground_truth: object          # pycocotools.coco.COCO
+  image_ids: list[int]
+  images: Callable[[], Iterator[tuple[int, np.ndarray]]]
+
+
+def coco_folder(root, split: str = "val2017", max_images: int | None = None) -> Source:
+  """A COCO folder: `root/annotations/person_keypoints_{split}.json` and `root/{split}/`."""
+  root = pathlib.Path(root)
+  ground_truth = coco_results.load_ground_truth(
+      root / "annotations" / f"person_keypoints_{split}.json")
+  image_ids = sorted(ground_truth.imgs)[:max_images]
+
+  def images():
+    for image_id in image_ids:
+      yield image_id, inference.read_image(root / split / ground_truth.imgs[image_id]["file_name"])
+
+  return Source(ground_truth, image_ids, images)
+
+
+def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = None) -> Source:
+  """The dataset built by `ehrnet data` (TFDS); the ground truth is rebuilt from its records."""
+  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds
+  from ehrnet_jax.data import pipeline
+  # pylint: enable=import-outside-toplevel
+  split = TFDS_SPLITS.get(split, split)
+  builder = pipeline.load_builder(data_dir)
+  if split not in builder.info.splits:
+    raise UserError(f"{data_dir}: split '{split}' not built; available: "
+                    f"{', '.join(builder.info.splits)}")
+  records = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})
+  if max_images:
+    records = records.take(max_images)
+  ground_truth = _ground_truth(tfds.as_numpy(records))
+
+  def images():
+    for record in tfds.as_numpy(records):
+      yield int(record["image_id"]), cv2.cvtColor(pipeline.decode_image(record["image"]),
+                                                  cv2.COLOR_BGR2RGB)
+
+  return Source(ground_truth, sorted(ground_truth.imgs), images)
+
+
+def _ground_truth(records):
+  """A pycocotools COCO object from the TFDS records' people (crowd regions included)."""
+  # pylint: disable=import-outside-toplevel
+  from pycocotools.coco import COCO
+  from ehrnet_jax import keypoints
+  # pylint: enable=import-outside-toplevel
+  dataset = {"images": [], "annotations": [], "categories": [{
+      "id": 1, "name": "person", "keypoints": list(keypoints.COCO.joints),
+      "skeleton": [[a + 1, b + 1] for a, b in keypoints.COCO.skeleton]}]}
+  for record in records:
+    image_id = int(record["image_id"])
+    dataset["images"].append({"id": image_id, "height": int(record["height"]),
+                              "width": int(record["width"])})
+    people = record["people"]
+    for index in range(len(people["annotation_id"])):
+      dataset["annotations"].append({
+          "id": int(people["annotation_id"][index]), "image_id": image_id, "category_id": 1,
+          "keypoints": people["keypoints"][index].reshape(-1).tolist(),
+          "num_keypoints": int(people["num_keypoints"][index]),
+          "bbox": people["bbox"][index].tolist(), "area": float(people["area"][index]),
+          "iscrowd": int(people["is_crowd"][index])})
+  ground_truth = COCO()
+  ground_truth.dataset = dataset
+  ground_truth.createIndex()
+  return ground_truth
+
+
+@dataclasses.dataclass
+class Evaluation:
+  results: list[dict]          # COCO result entries
+  stats: dict[str, float]      # pycocotools metrics by name ("AP", "AR", ...)
+  seconds: list[dict]          # per image: seconds per part (PARTS)
+
+
+def evaluate(estimator: inference.PoseEstimator, source: Source, progress: bool = True,
+             verbose: bool = False) -> Evaluation:
+  """Runs `estimator` on every image of `source` and scores the results with pycocotools."""
+  results, seconds = [], []
+  for image_id, image in tqdm.tqdm(source.images(), total=len(source.image_ids), unit="image",
+                                   disable=not progress):
+    poses = estimator([image])[0]
+    results += coco_results.person_results(image_id, poses.people, poses.scores)
+    seconds.append(poses.seconds)
+  stats = coco_results.evaluate_keypoints(source.ground_truth, results, source.image_ids, verbose)
+  return Evaluation(results, stats, seconds)
+
+
+def timing_summary(seconds: list[dict]) -> dict[str, dict[str, float]]:
+  """Mean and median milliseconds per image for each part and in total.
+
+  The median is the steady-state figure: the first image of every input size includes
+  compilation, which the mean keeps.
+  """
+  summary = {}
+  for part in (*PARTS, "total"):
+    values = [1e3 * (sum(s.values()) if part == "total" else s[part]) for s in seconds]
+    summary[part] = {"mean_ms": statistics.fmean(values) if values else 0.0,
+                     "median_ms": statistics.median(values) if values else 0.0}
+  return summary
+
+
+def write_outputs(out_dir, evaluation: Evaluation, settings: dict) -> pathlib.Path:
+  """`results.json` (COCO results) and `metrics.json` (stats by name, timings, settings)."""
+  out_dir = pathlib.Path(out_dir)
+  coco_results.write_results(out_dir / "results.json", evaluation.results)
+  metrics = {**evaluation.stats, "num_images": len(evaluation.seconds),
+             "num_people": len(evaluation.results),
+             "ms_per_image": timing_summary(evaluation.seconds), "settings": settings}
+  (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+  return out_dir / "metrics.json"

@@ -1,0 +1,330 @@
+"""Associative-embedding grouping on the host: joint candidates in, people out.
+
+NumPy/SciPy only (no JAX), so it also serves backends that produce the maps elsewhere (ONNX).
+It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping) exactly:
+
+1. `top_k_candidates`: max-pool NMS and the k strongest peaks per joint (done on device by
+   `ehrnet_jax.decode` in the JAX pipeline; this is the host version).
+2. `match_by_tag`: joints visited in the keypoint set's grouping order; candidates above the
+   detection threshold are assigned to people by tag distance with the Hungarian algorithm.
+3. `adjust`: quarter-pixel shift towards the higher neighbour, plus the half-pixel centre.
+4. `person_scores`: the mean joint value per person (after adjust, before refine).
+5. `refine`: fills each person's missing joints with the best pixel of
+   `heatmap - round(|tag - person tag|)`, found exactly but without scanning every pixel.
+
+Maps are per image and channel-first: heatmaps (J, H, W), tags (J, H, W, T) with T = 2 when
+flip testing (orig, flip). People are float32 (P, J, 3 + T): x, y, value, tags; undetected joints
+are all zero.
+"""
+
+import dataclasses
+
+import numpy as np
+from scipy import optimize
+
+from ehrnet_jax import keypoints as keypoints_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupingConfig:
+  """The parser settings (the reference's TEST section; defaults are the Example Configs')."""
+  detection_threshold: float = 0.1
+  tag_threshold: float = 1.0
+  max_num_people: int = 30      # candidates per joint, and groups a candidate can join
+  nms_kernel: int = 5
+  use_detection_val: bool = True
+  adjust: bool = True
+  refine: bool = True
+  refine_tile: int = 16         # tile size of the exact bounded search in `refine`
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """The top-k NMS peaks of every joint, strongest first.
+
+  xy: int (J, K, 2) map pixel (x, y). values: float32 (J, K). tags: float32 (J, K, T).
+  Entries beyond the available peaks have value -inf.
+  """
+  xy: np.ndarray
+  values: np.ndarray
+  tags: np.ndarray
+
+
+def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray,
+                     config: GroupingConfig = GroupingConfig()) -> Candidates:
+  """NMS (a peak equals the maximum of its k x k window) and the top-k peaks per joint.
+
+  Only peaks above the detection threshold can be grouped, so only those are searched; the
+  result equals a full top-k for every entry the grouping uses.
+  """
+  num_joints, h, w = heatmaps.shape
+  k = config.max_num_people
+  flat = np.flatnonzero(heatmaps > config.detection_threshold)
+  joint, y, x = np.unravel_index(flat, heatmaps.shape)
+  value = heatmaps.reshape(-1)[flat]
+  radius = config.nms_kernel // 2
+  is_peak = np.ones(value.shape, bool)
+  for dy in range(-radius, radius + 1):
+    for dx in range(-radius, radius + 1):
+      ny, nx = y + dy, x + dx
+      inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+      neighbour = heatmaps[joint, np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)]
+      is_peak &= ~inside | (neighbour <= value)
+  joint, y, x, value = joint[is_peak], y[is_peak], x[is_peak], value[is_peak]
+  # Strongest first within each joint; equal values in raster order.
+  order = np.lexsort((y * w + x, -value, joint))
+  joint, y, x, value = joint[order], y[order], x[order], value[order]
+  rank = np.arange(len(joint)) - np.searchsorted(joint, joint)
+  keep = rank < k
+  joint, y, x, value, rank = joint[keep], y[keep], x[keep], value[keep], rank[keep]
+  out_xy = np.zeros((num_joints, k, 2), np.int64)
+  out_values = np.full((num_joints, k), -np.inf, np.float32)
+  out_tags = np.zeros((num_joints, k, tags.shape[-1]), np.float32)
+  out_xy[joint, rank] = np.stack([x, y], -1)
+  out_values[joint, rank] = value
+  out_tags[joint, rank] = tags[joint, y, x]
+  return Candidates(out_xy, out_values, out_tags)
+
+
+def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig = GroupingConfig()
+                 ) -> np.ndarray:
+  """Assigns candidates to people by tag distance; returns float32 (P, J, 3 + T), integer x, y.
+
+  The first joint (in `grouping_order`) with candidates seeds one person each. Every later
+  candidate goes to the person (among the first `max_num_people`) chosen by a minimum-cost
+  assignment on `round(|tag - mean person tag|) * 100 - value`, if its tag distance is below the
+  tag threshold, and starts a new person otherwise. As in the reference, a person is identified
+  by the first tag value of its seed: a new candidate whose first tag equals an existing key
+  replaces that person's joint and restarts its tag average.
+  """
+  num_joints, _, tag_dim = candidates.tags.shape
+  rows_per_person: list[np.ndarray] = []     # float64 (J, 3 + T) each
+  tag_sums: list[np.ndarray] = []            # float32 (T,), summed in insertion order
+  tag_counts: list[int] = []
+  person_by_key: dict[float, int] = {}
+
+  def start_person(joint, row, tag):
+    key = float(tag[0])
+    if key not in person_by_key:
+      person_by_key[key] = len(rows_per_person)
+      rows_per_person.append(np.zeros((num_joints, 3 + tag_dim)))
+      tag_sums.append(None)
+      tag_counts.append(0)
+    person = person_by_key[key]
+    rows_per_person[person][joint] = row
+    tag_sums[person], tag_counts[person] = tag, 1
+
+  for joint in grouping_order:
+    keep = candidates.values[joint] > config.detection_threshold
+    if not keep.any():
+      continue
+    tags = candidates.tags[joint][keep]                                    # (N, T) float32
+    rows = np.concatenate([candidates.xy[joint][keep], candidates.values[joint][keep][:, None],
+                           tags], axis=1).astype(np.float64)               # (N, 3 + T)
+    if not rows_per_person:
+      for row, tag in zip(rows, tags):
+        start_person(joint, row, tag)
+      continue
+    num_groups = min(len(rows_per_person), config.max_num_people)
+    group_tags = np.stack([tag_sums[g] / np.float32(tag_counts[g]) for g in range(num_groups)])
+    distance = np.linalg.norm(rows[:, None, 3:] - group_tags[None], ord=2, axis=2)  # (N, G)
+    cost = np.round(distance) * 100 - rows[:, 2:3] if config.use_detection_val else distance
+    assigned = np.full(len(rows), -1)
+    matched_rows, matched_groups = optimize.linear_sum_assignment(cost)
+    assigned[matched_rows] = matched_groups
+    for index, (row, tag, group) in enumerate(zip(rows, tags, assigned)):
+      if group >= 0 and distance[index, group] < config.tag_threshold:
+        rows_per_person[group][joint] = row
+        tag_sums[group] = tag_sums[group] + tag
+        tag_counts[group] += 1
+      else:
+        start_person(joint, row, tag)
+  if not rows_per_person:
+    return np.zeros((0, num_joints, 3 + tag_dim), np.float32)
+  return np.stack(rows_per_person).astype(np.float32)
+
+
+def _quarter_offsets(heatmaps: np.ndarray, joint, x, y):
+  """+0.25 towards the higher horizontal/vertical neighbour, -0.25 on ties (clamped borders)."""
+  _, h, w = heatmaps.shape
+  right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
+  left = heatmaps[joint, y, np.maximum(x - 1, 0)]
+  down = heatmaps[joint, np.minimum(y + 1, h - 1), x]
+  up = heatmaps[joint, np.maximum(y - 1, 0), x]
+  return np.where(right > left, 0.25, -0.25), np.where(down > up, 0.25, -0.25)
+
+
+def adjust(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
+  """Moves detected joints a quarter pixel towards the higher neighbour, then to pixel centres."""
+  people = people.copy()
+  person, joint = np.nonzero(people[:, :, 2] > 0)
+  x = people[person, joint, 0].astype(np.int64)
+  y = people[person, joint, 1].astype(np.int64)
+  offset_x, offset_y = _quarter_offsets(heatmaps, joint, x, y)
+  people[person, joint, 0] = x + offset_x + 0.5
+  people[person, joint, 1] = y + offset_y + 0.5
+  return people
+
+
+def person_scores(people: np.ndarray) -> np.ndarray:
+  """float32 (P,): the mean value over all joints, undetected ones counting as 0."""
+  return np.array([p[:, 2].mean() for p in people], np.float32)
+
+
+def refine(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
+           tile: int = 16) -> np.ndarray:
+  """Fills every person's undetected joints from the maps.
+
+  For person p and joint j the reference takes the first (raster order) pixel maximising
+  `heatmaps[j] - round(|tags[j] - mean tag of p|)` and fills the joint if its heatmap value there
+  is positive. Scanning P x J full maps is what makes the reference slow, so this finds the same
+  pixel with a bounded search: per `tile` x `tile` block it keeps the maximum heatmap value and
+  the box of tag values, which bound the objective from above; only blocks whose bound can reach
+  (or tie at an earlier pixel) the best value seen are evaluated, exactly, in float32 as the
+  reference does.
+  """
+  people = people.copy()
+  person, joint = np.nonzero(people[:, :, 2] == 0)
+  if person.size == 0:
+    return people
+  mean_tags = _mean_person_tags(people, tags)                          # (P, T)
+  x, y, value = _best_pixels(heatmaps, tags, mean_tags[person], joint, tile)
+  offset_x, offset_y = _quarter_offsets(heatmaps, joint, x, y)
+  fill = value > 0
+  person, joint = person[fill], joint[fill]
+  people[person, joint, 0] = (x + 0.5 + offset_x)[fill]
+  people[person, joint, 1] = (y + 0.5 + offset_y)[fill]
+  people[person, joint, 2] = value[fill]
+  return people
+
+
+def _mean_person_tags(people: np.ndarray, tags: np.ndarray) -> np.ndarray:
+  """float32 (P, T): mean tag at the (integer) positions of each person's detected joints."""
+  num_people, num_joints, _ = people.shape
+  detected = people[:, :, 2] > 0
+  x = people[:, :, 0].astype(np.int64)
+  y = people[:, :, 1].astype(np.int64)
+  total = np.zeros((num_people, tags.shape[-1]), np.float32)
+  for j in range(num_joints):   # summed in joint order, like the reference's float32 mean
+    total = total + np.where(detected[:, j, None], tags[j, y[:, j], x[:, j]], np.float32(0))
+  return total / detected.sum(1, keepdims=True).astype(np.float32)
+
+
+def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
+  """For each query n: the first pixel maximising `heatmaps[joint[n]] - round(|tag - m_n|)`.
+
+  Returns x, y (int64) and the heatmap value there (float32), each (N,).
+  """
+  num_joints, h, w = heatmaps.shape
+  rows, cols = -(-h // tile), -(-w // tile)
+  det = _pad_to_tiles(heatmaps, tile, constant_values=-np.inf)
+  tag = _pad_to_tiles(tags, tile, mode="edge")
+  # Per-tile bounds: (J, R, C) max value, (J, R, C, T) tag box.
+  det_max = _tile_reduce(det, tile, np.maximum)
+  tag_lo = _tile_reduce(tag, tile, np.minimum)
+  tag_hi = _tile_reduce(tag, tile, np.maximum)
+  det = det.reshape(num_joints, rows, tile, cols, tile)
+  tag = tag.reshape(num_joints, rows, tile, cols, tile, -1)
+  # Float32 tag distances can undershoot the exact box distance by a few ulps.
+  slack = 1e-5 * (1 + np.abs(tags).max() + np.abs(mean_tags).max())
+  # Upper bound of the objective per (query, tile): round(d) >= ceil(d_min - 1/2) for d >= d_min.
+  m = mean_tags[:, None, None, :]                                         # (N, 1, 1, T)
+  gap = np.maximum(np.maximum(tag_lo[joint] - m, m - tag_hi[joint]), 0)   # (N, R, C, T)
+  min_round = np.maximum(np.ceil(np.sqrt((gap.astype(np.float64) ** 2).sum(-1)) - slack - 0.5), 0)
+  bound = det_max[joint] - min_round.astype(np.float32)                   # (N, R, C)
+  first_index = (np.arange(rows)[:, None] * tile * w + np.arange(cols) * tile)   # (R, C)
+
+  def evaluate(query, tile_row, tile_col):
+    """Best value and its flat index within the given tiles, for the given queries."""
+    d = det[joint[query], tile_row, :, tile_col, :]                       # (M, S, S)
+    diff = tag[joint[query], tile_row, :, tile_col] - mean_tags[query][:, None, None]
+    distance = np.sqrt((diff * diff).sum(-1))                             # (M, S, S)
+    objective = (d - np.round(distance)).reshape(len(query), -1)
+    local = objective.argmax(1)
+    best = objective[np.arange(len(query)), local]
+    py, px = local // tile + tile_row * tile, local % tile + tile_col * tile
+    return best, py * w + px
+
+  # Best-first: each round evaluates the `batch` highest-bound tiles of every query that still
+  # has a tile able to beat (or tie at an earlier pixel) its best value so far.
+  num_queries = len(joint)
+  bound = bound.reshape(num_queries, -1)                                  # (N, R*C)
+  first_index = first_index.reshape(-1)
+  best = np.full(num_queries, -np.inf, np.float32)
+  index = np.full(num_queries, h * w)
+  evaluated = np.zeros(bound.shape, bool)
+  while True:
+    can_win = ~evaluated & ((bound > best[:, None])
+                            | ((bound == best[:, None]) & (first_index < index[:, None])))
+    query = np.flatnonzero(can_win.any(1))
+    if query.size == 0:
+      break
+    batch = min(batch_tiles, bound.shape[1])
+    ranked = np.where(can_win[query], bound[query], -np.inf)
+    top = np.argpartition(-ranked, batch - 1, axis=1)[:, :batch]          # (Q, batch)
+    pick = np.take_along_axis(can_win[query], top, 1)
+    query, top = np.repeat(query, batch)[pick.ravel()], top[pick]
+    evaluated[query, top] = True
+    value, flat = evaluate(query, top // cols, top % cols)
+    # This round's winner per query: the highest value, then the earliest pixel.
+    order = np.lexsort((flat, -value, query))
+    query, first = np.unique(query[order], return_index=True)
+    value, flat = value[order][first], flat[order][first]
+    better = (value > best[query]) | ((value == best[query]) & (flat < index[query]))
+    best[query[better]], index[query[better]] = value[better], flat[better]
+  y, x = index // w, index % w
+  return x, y, heatmaps[joint, y, x]
+
+
+def _pad_to_tiles(maps: np.ndarray, tile: int, **pad_args) -> np.ndarray:
+  """Pads (J, H, W, ...) maps at the bottom/right to multiples of `tile`."""
+  h, w = maps.shape[1:3]
+  pad = [(0, 0), (0, -h % tile), (0, -w % tile)] + [(0, 0)] * (maps.ndim - 3)
+  return np.pad(maps, pad, **pad_args) if h % tile or w % tile else maps
+
+
+def _tile_reduce(maps: np.ndarray, tile: int, ufunc) -> np.ndarray:
+  """(J, R*tile, C*tile, ...) -> (J, R, C, ...), reducing each tile with a binary ufunc."""
+  num_joints, h, w = maps.shape[:3]
+  rows = _reduce_axis(maps.reshape(num_joints, h // tile, tile, -1), 2, ufunc)
+  return _reduce_axis(rows.reshape(num_joints, h // tile, w // tile, tile, -1), 3,
+                      ufunc).reshape(num_joints, h // tile, w // tile, *maps.shape[3:])
+
+
+def _reduce_axis(array: np.ndarray, axis: int, ufunc) -> np.ndarray:
+  """`ufunc.reduce` over a short axis, slice by slice (much faster than NumPy's strided reduce)."""
+  slices = np.moveaxis(array, axis, 0)
+  result = slices[0].copy()
+  for part in slices[1:]:
+    ufunc(result, part, out=result)
+  return result
+
+
+def parse(heatmaps: np.ndarray, tags: np.ndarray,
+          keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
+          config: GroupingConfig = GroupingConfig(),
+          candidates: Candidates | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Groups one image's maps into people (the reference's `HeatmapParser.parse`).
+
+  Args:
+    heatmaps: float32 (J, H, W) at network-input resolution.
+    tags: float32 (J, H, W, T).
+    keypoint_set: gives the joint order of the grouping.
+    config: thresholds and switches.
+    candidates: the top-k peaks if already found (e.g. on device); computed here otherwise.
+
+  Returns:
+    people: float32 (P, J, 3 + T) in map pixels (x, y, value, tags); refined joints have tags 0.
+    scores: float32 (P,), the mean joint value before refine.
+  """
+  heatmaps = np.asarray(heatmaps, np.float32)
+  tags = np.asarray(tags, np.float32)
+  if candidates is None:
+    candidates = top_k_candidates(heatmaps, tags, config)
+  people = match_by_tag(candidates, keypoint_set.grouping_order, config)
+  if config.adjust:
+    people = adjust(people, heatmaps)
+  scores = person_scores(people)
+  if config.refine:
+    people = refine(people, heatmaps, tags, config.refine_tile)
+  return people, scores

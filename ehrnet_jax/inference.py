@@ -1,0 +1,177 @@
+"""Pose estimation for whole images, independent of the network backend (no JAX import).
+
+`PoseEstimator` does what the reference's `valid.py` does per image: warp the image to every test
+scale, let a `Decoder` turn the warped images into maps, group each image's maps into people
+(`ehrnet_jax.group`) and map them back to the image (`ehrnet_jax.transforms`).
+
+A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
+`(scale, uint8 images (B, h, w, 3))` largest scale first. Two exist:
+- `ehrnet_jax.decode.JaxDecoder`: network and decoding on device (JAX);
+- `HostDecoder` here: wraps any `backend(float32 images) -> (heatmaps_4, tags_4, heatmaps_2)`
+  (e.g. an ONNX Runtime session) and aggregates with NumPy.
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Callable, Protocol
+
+import cv2
+import numpy as np
+
+from ehrnet_jax import aggregate
+from ehrnet_jax import group
+from ehrnet_jax import keypoints as keypoints_lib
+from ehrnet_jax import transforms
+from ehrnet_jax.errors import UserError
+
+# Smallest image side accepted: the network's stride.
+MIN_IMAGE_SIDE = 32
+
+# float32 normalised images (B, H, W, 3) -> heatmaps_4 (B, H/4, W/4, J), tags_4 (same),
+# heatmaps_2 (B, H/2, W/2, J), as NumPy arrays.
+Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass
+class Maps:
+  """Decoded maps of a batch, channel-first, at the network input size of scale 1.
+
+  heatmaps (B, J, H, W); tags (B, J, H, W, T); candidates: per image the top-k peaks, or None to
+  let the grouping find them; network_s / decode_s: seconds spent on the batch.
+  """
+  heatmaps: np.ndarray
+  tags: np.ndarray
+  candidates: list[group.Candidates] | None
+  network_s: float
+  decode_s: float
+
+
+class Decoder(Protocol):
+  def __call__(self, pyramid: list[tuple[float, np.ndarray]],
+               base_hw: tuple[int, int]) -> Maps:
+    ...
+
+
+class HostDecoder:
+  """A `Decoder` around any backend returning NumPy arrays; aggregation with NumPy."""
+
+  def __init__(self, backend: Backend, flip_index=None):
+    self.backend = backend
+    self.flip_index = flip_index
+
+  def __call__(self, pyramid, base_hw):
+    network_s = decode_s = 0.0
+    maps = []
+    for _, images in pyramid:
+      start = time.perf_counter()
+      x = aggregate.normalize(images)
+      if self.flip_index is not None:
+        x = aggregate.with_mirrored(x)
+      outputs = [np.asarray(o, np.float32) for o in self.backend(np.ascontiguousarray(x))]
+      network_s += time.perf_counter() - start
+      start = time.perf_counter()
+      maps.append(aggregate.scale_maps(*outputs, base_hw, self.flip_index))
+      decode_s += time.perf_counter() - start
+    start = time.perf_counter()
+    maps = aggregate.aggregate_scales([s for s, _ in pyramid], maps)
+    heatmaps, tags = aggregate.split_maps(maps)
+    return Maps(np.ascontiguousarray(heatmaps), tags, None, network_s,
+                decode_s + time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class Poses:
+  """The people found in one image.
+
+  people: float32 (P, J, 3 + T) in image pixels: x, y, value, tags. scores: float32 (P,).
+  seconds: time per part for this image ("network", "decode", "grouping").
+  """
+  people: np.ndarray
+  scores: np.ndarray
+  seconds: dict[str, float]
+
+
+class PoseEstimator:
+  """Images -> people, for one network input size and set of test scales."""
+
+  def __init__(self, decoder: Decoder, input_size: int, scales=(1.0,),
+               keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
+               config: group.GroupingConfig = group.GroupingConfig()):
+    self.decoder = decoder
+    self.input_size = input_size
+    self.scales = tuple(float(s) for s in scales)
+    self.keypoint_set = keypoint_set
+    self.config = config
+
+  def __call__(self, images: list[np.ndarray]) -> list[Poses]:
+    """`images`: RGB uint8 (h, w, 3), all of the same size (e.g. video frames, or just one)."""
+    h, w = images[0].shape[:2]
+    if any(image.shape != images[0].shape for image in images):
+      raise ValueError("a batch must hold images of one size; call once per size")
+    sizes = transforms.pyramid_sizes((w, h), self.input_size, self.scales)
+    base = transforms.multi_scale_size((w, h), self.input_size, 1.0, min(self.scales))
+    pyramid = [(s, np.stack([transforms.warp_image(image, size) for image in images]))
+               for s, size in sizes]
+    maps = self.decoder(pyramid, base.size_wh[::-1])
+    # The reference maps back with the (center, scale) of the last scale it ran.
+    last = sizes[-1][1]
+    results = []
+    for index in range(len(images)):
+      start = time.perf_counter()
+      people, scores = group.parse(
+          maps.heatmaps[index], maps.tags[index], self.keypoint_set, self.config,
+          candidates=None if maps.candidates is None else maps.candidates[index])
+      people = transforms.map_to_image(people, last.center, last.scale, base.size_wh)
+      seconds = {"network": maps.network_s / len(images), "decode": maps.decode_s / len(images),
+                 "grouping": time.perf_counter() - start}
+      results.append(Poses(people, scores, seconds))
+    return results
+
+
+def read_image(path) -> np.ndarray:
+  """Reads an image file as RGB uint8 (h, w, 3); grayscale and alpha are converted.
+
+  Raises UserError naming the file if it cannot be decoded or is smaller than 32 px (the
+  network's stride) on a side.
+  """
+  path = pathlib.Path(path)
+  data = np.fromfile(path, np.uint8) if path.is_file() else None
+  if data is None:
+    raise UserError(f"{path}: no such image file")
+  image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+  if image is None:
+    raise UserError(f"{path}: cannot decode this file as an image (expected JPEG, PNG, BMP, ...)")
+  check_image_size(image, path)
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_image_size(image: np.ndarray, name) -> None:
+  """UserError if an image (or video frame) is smaller than the network's stride."""
+  h, w = image.shape[:2]
+  if min(h, w) < MIN_IMAGE_SIDE:
+    raise UserError(f"{name}: image is {w}x{h} pixels; at least {MIN_IMAGE_SIDE} pixels per side "
+                    "are needed (the network's stride)")
+
+
+
+def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
+                  bucket: int | None = None,
+                  config: group.GroupingConfig = group.GroupingConfig()) -> PoseEstimator:
+  """A `PoseEstimator` running the checkpoint's network with JAX (imports JAX and Flax).
+
+  `variant`, if given, must match the checkpoint (UserError otherwise).
+  """
+  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import checkpoints
+  from ehrnet_jax import decode
+  from ehrnet_jax.models import EfficientHRNet
+  from ehrnet_jax.scaling import ScalingSpec
+  # pylint: enable=import-outside-toplevel
+  expected = ScalingSpec.from_name(variant) if variant else None
+  variables, spec = checkpoints.load_variables(checkpoint, expected)
+  model = EfficientHRNet(spec)
+  keypoint_set = keypoints_lib.COCO
+  decoder = decode.JaxDecoder(lambda v, x: model.apply(v, x, train=False), variables,
+                              keypoint_set.flip_index if flip else None, config, bucket)
+  return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)

@@ -1,0 +1,91 @@
+"""Training checkpoints with orbax's `CheckpointManager`.
+
+One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two items:
+- `state`: the whole `TrainState` (parameters, BN statistics, optimiser state, step, base key);
+- `meta`: JSON with the data position (optimiser step, epoch, batch within the epoch) and the
+  run's config and model, for humans and for the resume check.
+
+Saves are asynchronous (training continues while the files are written) and atomic (orbax
+writes to a temporary directory and renames it), so a run killed at any moment resumes from the
+last complete checkpoint. Kept: the latest `keep` checkpoints plus the best one by AP (a save
+with `metrics={"ap": ...}`). Restoring uses the abstract target (shapes, dtypes and the optax
+named tuples of a freshly built state), so the optimiser state comes back with its structure.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from ehrnet_jax.errors import UserError
+from ehrnet_jax.training.state import TrainState
+
+BEST_METRIC = "ap"
+
+
+class Checkpointer:
+  """Saves and restores `TrainState`s in `directory` (made absolute; orbax requires it)."""
+
+  def __init__(self, directory: str | os.PathLike, keep: int):
+    self.directory = os.path.abspath(os.fspath(directory))
+    preservation = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=False, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation, create=True, enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
+                                          options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, state: TrainState, meta: dict[str, Any],
+           metrics: dict[str, float] | None = None) -> None:
+    """Starts an asynchronous save of `state` (host or device arrays, unreplicated).
+
+    Waits for the previous save first; returns once the arrays are copied to host memory.
+    """
+    step = int(state.step)
+    host_state = jax.device_get(state)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=True)
+
+  def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+    """The state and meta of `step` (default: the latest), shaped like `target`.
+
+    `target` may be abstract (`jax.eval_shape` of the state constructor).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"{self.directory}: no checkpoint to restore")
+    abstract = jax.tree.map(lambda x: np.empty(x.shape, x.dtype), target)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except (ValueError, KeyError) as error:
+      raise UserError(f"{self.directory}/{step}: the checkpoint does not match this model or "
+                      f"optimiser (was it written with another config?): {error}") from error
+    return restored.state, restored.meta
+
+  def best_step(self) -> int | None:
+    """The saved step with the highest AP, if any save had metrics."""
+    scored = []
+    for step in self._manager.all_steps():
+      metrics = self._manager.metrics(step)
+      if metrics and BEST_METRIC in metrics:
+        scored.append((metrics[BEST_METRIC], step))
+    return max(scored)[1] if scored else None
+
+  def wait(self) -> None:
+    """Blocks until the pending asynchronous save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,258 @@
+"""`train(config, workdir)`: the training job, from a config to a trained, evaluated model.
+
+The loop resumes automatically from the latest checkpoint in `<workdir>/checkpoints` (state and
+data position), so the same command restarts a preempted run and ends with the same parameters
+as an uninterrupted one. Each process feeds its local devices with its own shard of the data;
+the pmapped step keeps every replica identical.
+
+Files in the work dir:
+  config.json          the resolved config (process 0)
+  checkpoints/<step>/  orbax training checkpoints (latest N + best by AP)
+  metrics.jsonl        one JSON object per log step and per evaluation
+  tensorboard/         the same scalars as TensorBoard events
+  variables/           the final model (`ehrnet_jax.checkpoints` format: evaluate, predict, export)
+  best/                the model with the best AP so far, when evaluation runs
+  tfds/                the TFDS build of data.coco_dir (unless data.tfds_dir says otherwise)
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax.jax_utils
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ehrnet_jax import checkpoints
+from ehrnet_jax.config import Config
+from ehrnet_jax.errors import UserError
+from ehrnet_jax.losses import LossWeights
+from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.training import optim, step as step_lib
+from ehrnet_jax.training.checkpointing import Checkpointer
+from ehrnet_jax.training.input import Batch, CocoTrainData, TrainData
+from ehrnet_jax.training.state import TrainState, create_train_state, init_variables
+from ehrnet_jax.training.writers import MetricWriter, ProgressBar
+
+# (variables, spec) -> metrics with at least "ap" (COCO keypoint AP).
+EvaluateFn = Callable[[dict[str, Any], ScalingSpec], dict[str, float]]
+
+
+class NonFiniteLossError(UserError):
+  """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+def resolve_spec(config: Config) -> tuple[ScalingSpec, int]:
+  """The model spec and the training crop size of `config`."""
+  spec = ScalingSpec.from_name(config.model.variant)
+  size = config.model.input_size or spec.input_size
+  spec.check_input_shape(size, size)
+  return spec, size
+
+
+def make_model(config: Config, spec: ScalingSpec) -> nn.Module:
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if config.train.compute_dtype not in dtypes:
+    raise UserError(f"train.compute_dtype={config.train.compute_dtype!r}: expected one of "
+                    f"{', '.join(dtypes)}")
+  return EfficientHRNet(spec, dtype=dtypes[config.train.compute_dtype])
+
+
+def total_steps(config: Config, steps_per_epoch: int) -> int:
+  return config.train.steps or max(1, round(config.train.epochs * steps_per_epoch))
+
+
+def _initial_variables(config: Config, spec: ScalingSpec, model: nn.Module,
+                       input_size: int, rng: jax.Array) -> dict[str, Any] | None:
+  """Variables of `init.checkpoint` (whole or backbone only), or None for random init."""
+  if not config.init.checkpoint:
+    return None
+  loaded, _ = checkpoints.load_variables(config.init.checkpoint, expected=spec)
+  if not config.init.backbone_only:
+    return loaded
+  fresh = init_variables(model, input_size, rng)
+  return {c: {**fresh[c], optim.BACKBONE: loaded[c][optim.BACKBONE]} for c in fresh}
+
+
+class _NonFiniteGuard:
+  """Checks each step's loss one step late, so the check never stalls the device queue.
+
+  Keeps the host batches of the steps not yet checked; on a non-finite loss saves that batch
+  to `<workdir>/nonfinite_step_<step>.npz` and raises `NonFiniteLossError`.
+  """
+
+  def __init__(self, workdir: str, steps_per_epoch: int):
+    self._workdir, self._steps_per_epoch = workdir, steps_per_epoch
+    self._pending = collections.deque()
+
+  def push(self, step: int, loss: jax.Array, batch: Batch) -> None:
+    """Registers the (device) loss and the host batch of optimiser step `step` (0-based)."""
+    self._pending.append((step, loss, batch))
+
+  def check(self, keep: int = 1) -> None:
+    """Checks all but the newest `keep` registered steps."""
+    while len(self._pending) > keep:
+      step, loss, batch = self._pending.popleft()
+      value = float(np.asarray(loss).reshape(-1)[0])
+      if np.isfinite(value):
+        continue
+      path = os.path.join(self._workdir, f"nonfinite_step_{step}.npz")
+      np.savez_compressed(path, **batch)
+      epoch, index = divmod(step, self._steps_per_epoch)
+      ids = batch.get("image_id")
+      named = f", COCO image ids {np.asarray(ids).ravel().tolist()}" if ids is not None else ""
+      raise NonFiniteLossError(
+          f"loss is {value} at optimiser step {step} (batch {index} of epoch {epoch}{named}; "
+          f"saved to {path}). The checkpoints before it are intact. Lower "
+          f"train.learning_rate, raise train.warmup_epochs, or inspect the batch.")
+
+
+@dataclasses.dataclass
+class _Throughput:
+  """Images per second between log steps, excluding the first step (compilation)."""
+  global_batch: int
+  start_time: float | None = None
+  start_step: int = 0
+
+  def mark(self, step: int) -> float | None:
+    """Images/s since the previous mark (None at the first), and restarts the clock."""
+    now = time.perf_counter()
+    rate = None
+    if self.start_time is not None and step > self.start_step:
+      rate = (step - self.start_step) * self.global_batch / (now - self.start_time)
+    self.start_time, self.start_step = now, step
+    return rate
+
+
+def train(config: Config, workdir: str, *, data: TrainData | None = None,
+          evaluate: EvaluateFn | None = None, model: nn.Module | None = None) -> TrainState:
+  """Trains (or resumes training) and returns the final state (host copy, unreplicated).
+
+  Args:
+    config: the run's config.
+    workdir: where checkpoints, logs and the final model go (created if missing).
+    data: the input pipeline; default `CocoTrainData` on `config.data`.
+    evaluate: the evaluation hook (called on process 0's variables; `"ap"` ranks the
+      checkpoints); default none.
+    model: the network; default `EfficientHRNet` of `config.model`.
+
+  Raises:
+    NonFiniteLossError: when the loss becomes NaN or infinite.
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  spec, input_size = resolve_spec(config)
+  model = model or make_model(config, spec)
+  global_batch = config.data.per_device_batch * jax.device_count()
+  data = data or CocoTrainData(config.data, input_size, config.train.seed, workdir)
+  steps_per_epoch = max(1, data.num_examples // global_batch)
+  num_steps = total_steps(config, steps_per_epoch)
+  tx = optim.make_optimizer(config.train, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(config.train, steps_per_epoch)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.run.keep_checkpoints)
+  if checkpointer.latest_step() is None:
+    state = _fresh_state(config, spec, model, tx, input_size)
+  else:  # Resume: the abstract state gives the structure, the checkpoint the values.
+    state, meta = checkpointer.restore(jax.eval_shape(
+        lambda: create_train_state(model, tx, input_size, jax.random.key(0))))
+    _check_resumable(meta, spec, global_batch, checkpointer.directory)
+  start = int(state.step)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(config.to_dict(), f, indent=2)
+
+  from ehrnet_jax.data import targets  # TensorFlow-free, but only needed from here on.
+  p_step = step_lib.pmap_train_step(step_lib.make_train_step(
+      model, tx, LossWeights(**dataclasses.asdict(config.loss)), config.train.freeze_backbone,
+      axis_name=step_lib.AXIS), prepare=targets.prepare_batch)
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = ProgressBar(start, num_steps, enabled=is_main)
+  guard = _NonFiniteGuard(workdir, steps_per_epoch)
+  throughput = _Throughput(global_batch)
+  best_ap = -np.inf
+
+  def evaluate_and_save(host_state: TrainState, done: int) -> None:
+    nonlocal best_ap
+    result = evaluate(host_state.variables, spec) if evaluate and _eval_due(config, done,
+                                                                            num_steps) else None
+    if result is not None:
+      writer.write(done, {f"eval/{k}": v for k, v in result.items()})
+      progress.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+      if result["ap"] > best_ap and is_main:
+        best_ap = result["ap"]
+        checkpoints.save_variables(os.path.join(workdir, "best"), host_state.variables, spec,
+                                   source=f"ehrnet train, step {done}", overwrite=True)
+    epoch, index = divmod(done, steps_per_epoch)
+    meta = {"step": done, "epoch": epoch, "batch_in_epoch": index, "model": spec.name,
+            "global_batch": global_batch, "config": config.to_dict()}
+    checkpointer.save(host_state, meta, metrics={"ap": result["ap"]} if result else None)
+
+  step_key = lambda step, rng=state.rng: jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+  rstate = flax.jax_utils.replicate(state)
+  del state
+  batches = data.batches(start)
+  for step in range(start, num_steps):
+    host_batch = next(batches)
+    rstate, metrics = p_step(rstate, host_batch, step_key(step))
+    guard.push(step, metrics["loss"], host_batch)
+    guard.check(keep=1)
+    done = step + 1
+    if step == start:  # The first step compiles; time the throughput from its end.
+      jax.block_until_ready(metrics)
+      throughput.mark(done)
+    if done % config.run.log_every_steps == 0 or done == num_steps:
+      scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+      rate = throughput.mark(done)
+      if rate is not None:
+        scalars["images_per_second"] = rate
+      scalars["learning_rate"] = float(schedule(step))
+      scalars["epoch"] = done / steps_per_epoch
+      writer.write(done, scalars)
+      progress.update(0, loss=scalars["loss"], lr=scalars["learning_rate"],
+                      **({"img/s": rate} if rate is not None else {}))
+    progress.update(1)
+    if done % config.run.checkpoint_every_steps == 0 or _eval_due(config, done, num_steps) or (
+        done == num_steps):
+      guard.check(keep=0)  # Never save a non-finite state.
+      evaluate_and_save(jax.device_get(flax.jax_utils.unreplicate(rstate)), done)
+  guard.check(keep=0)
+  progress.close()
+  checkpointer.close()
+  final = jax.device_get(flax.jax_utils.unreplicate(rstate))
+  if is_main:
+    checkpoints.save_variables(os.path.join(workdir, "variables"), final.variables, spec,
+                               source=f"ehrnet train, step {int(final.step)}", overwrite=True)
+  writer.close()
+  return final
+
+
+def _eval_due(config: Config, done: int, num_steps: int) -> bool:
+  every = config.run.eval_every_steps
+  return (every > 0 and done % every == 0) or (every >= 0 and done == num_steps)
+
+
+def _fresh_state(config: Config, spec: ScalingSpec, model: nn.Module, tx,
+                 input_size: int) -> TrainState:
+  """The step-0 state: random or `init.checkpoint` variables, the seed's training key."""
+  rng = jax.random.key(config.train.seed)
+  if config.train.freeze_backbone and not config.init.checkpoint:
+    print("warning: train.freeze_backbone=True with a randomly initialised backbone (no "
+          "init.checkpoint): only the HR network and the head will learn.")
+  # The same init key as create_train_state's, so the non-loaded parts match a random start.
+  init_rng = jax.random.split(rng)[0]
+  return create_train_state(model, tx, input_size, rng,
+                            _initial_variables(config, spec, model, input_size, init_rng))
+
+
+def _check_resumable(meta: dict, spec: ScalingSpec, global_batch: int, where: str) -> None:
+  if meta["model"] != spec.name or meta["global_batch"] != global_batch:
+    raise UserError(f"{where}: the run there trains {meta['model']} with a global batch of "
+                    f"{meta['global_batch']}, this config {spec.name} with {global_batch}; use "
+                    f"another --workdir")

@@ -1,0 +1,68 @@
+"""`TrainState`: everything that changes during training, as one pytree.
+
+It is what the step function maps, what pmap replicates and what a checkpoint holds: the step,
+the parameters, the batch-norm statistics, the optimiser state and the base PRNG key (stored as
+raw uint32 key data so that it is a plain array in the checkpoint). The key of step `s` is
+`fold_in(rng, s)`, so a resumed run draws the same random numbers as an uninterrupted one.
+"""
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # () int32, optimiser steps taken
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  rng: jax.Array  # (2,) uint32, the base key's data
+
+  def step_key(self, step: int | jax.Array) -> jax.Array:
+    """The PRNG key of optimiser step `step` (a typed key)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), step)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The model variables (for `model.apply` and for saving the trained network)."""
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def init_variables(model: nn.Module, input_size: int, rng: jax.Array) -> dict[str, Any]:
+  """The model's random initial variables.
+
+  Initialisation runs once, so it is compiled without XLA's backend optimisations: for H-4 on
+  2 CPU cores this cuts its compilation from ~47 s to ~13 s (hundreds of random initialisers).
+  """
+  dummy = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+  init = jax.jit(lambda key: model.init(key, dummy, train=False))
+  return init.lower(rng).compile({"xla_backend_optimization_level": 0})(rng)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, input_size: int,
+                       rng: jax.Array, variables: dict[str, Any] | None = None) -> TrainState:
+  """Initialises the model (unless `variables` are given) and the optimiser, at step 0.
+
+  Args:
+    model: the Flax module; initialised with a (1, input_size, input_size, 3) input.
+    tx: the optimiser.
+    input_size: the training crop size.
+    rng: a typed PRNG key; split into the init key and the training base key.
+    variables: initial {"params", "batch_stats"} instead of the random initialisation.
+  """
+  init_rng, train_rng = jax.random.split(rng)
+  if variables is None:
+    variables = init_variables(model, input_size, init_rng)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables["batch_stats"],
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(train_rng),
+  )

@@ -1,0 +1,137 @@
+"""Geometry of inference: test sizes, the image warp and the mapping back to the image.
+
+NumPy and OpenCV only (no JAX), so that any inference backend can use it. The formulas are the
+reference's (`get_multi_scale_size`, `get_affine_transform` with rotation 0, `get_final_preds`):
+
+- The short side is resized to the input size rounded up to a multiple of 64; the long side keeps
+  the aspect ratio and is rounded up to a multiple of 64 as well. Other scales multiply both.
+- The warp is isotropic: `scale` (in units of 200 px) says how many image pixels the output width
+  covers, and `center` (integer pixels) lands on the centre of the output.
+"""
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from ehrnet_jax.errors import UserError
+
+# The reference expresses box sizes in units of 200 pixels.
+PIXEL_STD = 200.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSize:
+  """Where one scale of the test-time pyramid comes from.
+
+  size_wh: (w', h') of the network input.
+  center: (cx, cy) in image pixels, integers as the reference rounds them.
+  scale: (scale_w, scale_h) in units of 200 image pixels covered by the input.
+  """
+  size_wh: tuple[int, int]
+  center: tuple[int, int]
+  scale: tuple[float, float]
+
+
+def multi_scale_size(image_wh: tuple[int, int], input_size: int, current_scale: float,
+                     min_scale: float) -> TestSize:
+  """The network input size for one test scale (the reference's `get_multi_scale_size`).
+
+  Args:
+    image_wh: (w, h) of the original image.
+    input_size: the variant's training input size (e.g. 384 for H-4).
+    current_scale: the scale being run (1.0 for single-scale).
+    min_scale: the smallest scale of the pyramid; sizes are multiples of 64 at this scale.
+  """
+  w, h = image_wh
+  center = (int(w / 2.0 + 0.5), int(h / 2.0 + 0.5))
+  min_input = int((min_scale * input_size + 63) // 64 * 64)
+  factor = current_scale / min_scale
+  if w < h:
+    w_out = int(min_input * factor)
+    h_out = int(int((min_input / w * h + 63) // 64 * 64) * factor)
+    scale = (w / PIXEL_STD, h_out / w_out * w / PIXEL_STD)
+  else:
+    h_out = int(min_input * factor)
+    w_out = int(int((min_input / h * w + 63) // 64 * 64) * factor)
+    scale = (w_out / h_out * h / PIXEL_STD, h / PIXEL_STD)
+  return TestSize((w_out, h_out), center, scale)
+
+
+def pyramid_sizes(image_wh: tuple[int, int], input_size: int,
+                  scales: tuple[float, ...]) -> list[tuple[float, TestSize]]:
+  """`(scale, TestSize)` for every test scale, largest first, as the reference runs them."""
+  if not scales or min(scales) <= 0:
+    raise UserError(f"test scales must be positive numbers, got {scales}")
+  if len(scales) > 1 and 1.0 not in scales:
+    raise UserError(f"multi-scale testing takes its tags at scale 1, so --scales must include 1; "
+                    f"got {scales}")
+  min_scale = min(scales)
+  sizes = []
+  for s in sorted(scales, reverse=True):
+    size = multi_scale_size(image_wh, input_size, s, min_scale)
+    if size.size_wh[0] % 32 or size.size_wh[1] % 32:
+      raise UserError(f"scale {s} (smallest {min_scale}) gives a network input of "
+                      f"{size.size_wh[0]}x{size.size_wh[1]}, which is not a multiple of 32; "
+                      f"choose scales such as 0.5,1,1.5 or 0.75,1,1.25")
+    sizes.append((s, size))
+  return sizes
+
+
+def affine_matrix(center, scale, output_wh, inverse: bool = False) -> np.ndarray:
+  """The 2x3 matrix mapping image pixels to output pixels (or back if `inverse`).
+
+  Equal to the reference's `get_affine_transform(center, scale, 0, output_wh)`: a uniform zoom
+  by `output_w / (scale_w * 200)` that sends `center` to the centre of the output.
+  """
+  zoom = output_wh[0] / (scale[0] * PIXEL_STD)
+  cx, cy = center
+  ox, oy = output_wh[0] / 2.0, output_wh[1] / 2.0
+  if inverse:
+    return np.array([[1 / zoom, 0.0, cx - ox / zoom], [0.0, 1 / zoom, cy - oy / zoom]])
+  return np.array([[zoom, 0.0, ox - zoom * cx], [0.0, zoom, oy - zoom * cy]])
+
+
+def warp_image(image: np.ndarray, size: TestSize) -> np.ndarray:
+  """Warps an (h, w, C) image to the network input (h', w', C): bilinear, black padding."""
+  matrix = affine_matrix(size.center, size.scale, size.size_wh)
+  return cv2.warpAffine(image, matrix, size.size_wh, flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def map_to_image(points: np.ndarray, center, scale, map_wh) -> np.ndarray:
+  """Maps (..., >=2) points from map pixels (x, y first) back to the original image.
+
+  `map_wh` is the size of the maps the points were found on (the network input size at scale 1).
+  Columns after the first two are kept as they are.
+  """
+  points = np.asarray(points)
+  matrix = affine_matrix(center, scale, map_wh, inverse=True)
+  xy = points[..., :2].astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
+  return np.concatenate([xy.astype(points.dtype), points[..., 2:]], axis=-1)
+
+
+def resize_bilinear(maps, size_hw: tuple[int, int], xp=np):
+  """Resizes float maps (..., h, w) to (..., H, W).
+
+  Bilinear with half-pixel centres and no antialiasing: PyTorch's
+  `interpolate(mode="bilinear", align_corners=False)` and JAX's
+  `jax.image.resize(method="linear", antialias=False)`, computed as two separable
+  interpolations between neighbouring rows/columns in float32. `xp` is the array module (NumPy,
+  or `jax.numpy` under jit, where this is much faster than `jax.image.resize` on CPU).
+  """
+  maps = xp.asarray(maps, dtype=xp.float32)
+  for axis, n_out in zip((maps.ndim - 2, maps.ndim - 1), size_hw):
+    lo, hi, frac = _linear_taps(maps.shape[axis], n_out)
+    frac = frac.reshape((n_out, 1) if axis == maps.ndim - 2 else (n_out,))
+    maps = xp.take(maps, lo, axis=axis) * (1 - frac) + xp.take(maps, hi, axis=axis) * frac
+  return maps
+
+
+def _linear_taps(n_in: int, n_out: int):
+  """Left/right source index and weight of the right one, for each of `n_out` outputs."""
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  src = np.clip(src, 0, n_in - 1)
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  return lo, hi, (src - lo).astype(np.float32)
