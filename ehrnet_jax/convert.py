@@ -62,8 +62,7 @@ def backbone_key_map(spec: ScalingSpec, prefix: str = "features",
       yield from _conv_bn(f"{block}.{layer}.1", f"{block}.{layer}.2", block_path + ("depthwise",))
       yield f"{block}.{layer + 1}.se.1", block_path + ("se", "reduce"), DENSE_FROM_1X1
       yield f"{block}.{layer + 1}.se.3", block_path + ("se", "expand"), DENSE_FROM_1X1
-      yield f"{block}.{layer + 2}", block_path + ("project",), CONV
-      yield f"{block}.{layer + 3}", block_path + ("project_bn",), BN
+      yield from _conv_bn(f"{block}.{layer + 2}", f"{block}.{layer + 3}", block_path + ("project",))
       index += 1
 
 

@@ -26,3 +26,12 @@ def reference_dir() -> pathlib.Path:
 def coco_mini_dir() -> pathlib.Path:
   """`../shared/data/coco-mini`: 80 real COCO train2017 images with keypoint annotations."""
   return _shared_dir("data", "coco-mini")
+
+
+@pytest.fixture(scope="session")
+def h4_variables():
+  """Variables of the authors' H-4 (random weights), converted from the bundled state dict."""
+  from ehrnet_jax import convert, samples
+  from ehrnet_jax.scaling import ScalingSpec
+  return convert.convert_state_dict(convert.load_state_dict(samples.reference_weights()),
+                                    ScalingSpec.from_name("H-4"))

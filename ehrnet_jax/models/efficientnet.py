@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import BatchNorm, ConvBN, Dtype, kaiming_fan_out
+from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -72,9 +72,8 @@ class MBConv(nn.Module):
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
                       depthwise=self.depthwise, dtype=self.dtype)(y, train)
     y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
-    y = nn.Conv(self.out_channels, (1, 1), use_bias=False, kernel_init=kaiming_fan_out,
-                dtype=self.dtype, name="project")(y)
-    y = BatchNorm(dtype=self.dtype, name="project_bn")(y, train)
+    y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, dtype=self.dtype,
+               name="project")(y, train)
     if self.stride == 1 and self.in_channels == self.out_channels:
       if train and self.drop_connect_rate > 0:
         y = drop_connect(y, self.drop_connect_rate, self.make_rng("dropout"))

@@ -24,7 +24,7 @@ class HigherResolutionHead(nn.Module):
     y = nn.ConvTranspose(self.width, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                          transpose_kernel=True, use_bias=False, kernel_init=small_normal,
                          dtype=self.dtype, name="deconv")(y)
-    y = nn.relu(BatchNorm(dtype=self.dtype, name="deconv_bn")(y, train))
+    y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
     for k in range(self.num_blocks):
       y = BasicBlock(self.width, dtype=self.dtype, name=f"deconv_block{k}")(y, train)
     out_2 = nn.Conv(self.num_joints, (1, 1), kernel_init=small_normal, dtype=self.dtype,

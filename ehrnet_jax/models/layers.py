@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 # The reference's initialisation: kaiming-normal (fan_out) in the backbone, N(0, 0.001) for the
 # high-resolution network and head (HigherHRNet's `init_weights`), zero biases.
@@ -21,42 +22,45 @@ class BatchNorm(nn.Module):
   weight `momentum` (PyTorch's convention: 0.1) using the unbiased variance; evaluation uses the
   running statistics. Statistics are kept and computed in float32 whatever the compute dtype.
   """
+  features: int
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.scale = self.param("scale", nn.initializers.ones, (self.features,))
+    self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
+    self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
+
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
-    running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-    if train:
-      x32 = x.astype(jnp.float32)
-      axes = tuple(range(x.ndim - 1))
-      mean = x32.mean(axes)
-      var = jnp.square(x32 - mean).mean(axes)
-      if not self.is_initializing():
-        count = x.size // features
-        unbiased = var * count / max(count - 1, 1)
-        running_mean.value += self.momentum * (mean - running_mean.value)
-        running_var.value += self.momentum * (unbiased - running_var.value)
-    else:
-      mean, var = running_mean.value, running_var.value
-    # Folded into one multiply-add, as PyTorch's CPU inference kernel does.
-    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
-    offset = bias - mean * multiplier
-    return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
+    if not train:
+      multiplier, offset = self.affine()
+      return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x32.mean(axes)
+    var = jnp.square(x32 - mean).mean(axes)
+    if not self.is_initializing():
+      count = x.size // self.features
+      self.mean.value += self.momentum * (mean - self.mean.value)
+      self.var.value += self.momentum * (var * count / max(count - 1, 1) - self.var.value)
+    y = (x32 - mean) * (self.scale * jax.lax.rsqrt(var + self.epsilon)) + self.bias
+    return y.astype(self.dtype)
+
+  def affine(self) -> tuple[jax.Array, jax.Array]:
+    """Evaluation-mode BN as `x * multiplier + offset` (float32, per channel)."""
+    multiplier = self.scale * jax.lax.rsqrt(self.var.value + self.epsilon)
+    return multiplier, self.bias - self.mean.value * multiplier
 
 
-def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def symmetric_padding(kernel_size: int) -> Padding:
   pad = (kernel_size - 1) // 2
   return ((pad, pad), (pad, pad))
 
 
 def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
-                           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+                           padding: Padding) -> jax.Array:
   """Depthwise convolution as a sum of k*k strided slices times per-channel weights.
 
   x: (B, H, W, C); kernel: (k, k, 1, C). Same result as a grouped convolution; XLA fuses it into
@@ -78,62 +82,78 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
   return out
 
 
-class DepthwiseConv(nn.Module):
-  """k x k depthwise convolution without bias; kernel (k, k, 1, C) as in `nn.Conv`.
+class Conv(nn.Module):
+  """2-D convolution (NHWC, kernel (k, k, C_in/groups, C_out), explicit padding) whose output can
+  be rescaled per channel by folding the scale into the kernel and bias (used to fold BN).
 
-  `implementation`: "conv" (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
+  Depthwise convs (groups == C_in == C_out) have two implementations, `depthwise`: "conv"
+  (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
   (`depthwise_conv_shifted`: best on CPU) or "auto" (shifted on CPU, conv elsewhere).
   """
-  kernel_size: int
-  stride: int
-  padding: tuple[tuple[int, int], tuple[int, int]]
-  implementation: str = "auto"
-  kernel_init: Any = nn.initializers.lecun_normal()
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1,
-                                                     channels)).astype(self.dtype)
-    x = x.astype(self.dtype)
-    implementation = self.implementation
-    if implementation == "auto":
-      implementation = "shifted" if jax.default_backend() == "cpu" else "conv"
-    if implementation == "shifted":
-      return depthwise_conv_shifted(x, kernel, self.stride, self.padding)
-    if implementation != "conv":
-      raise ValueError(f"unknown depthwise implementation {implementation!r}")
-    return jax.lax.conv_general_dilated(
-        x, kernel, (self.stride, self.stride), self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
-
-
-class ConvBN(nn.Module):
-  """Convolution (explicit padding, optional bias and groups), batch norm, optional activation."""
   features: int
   kernel_size: int
   stride: int = 1
-  padding: tuple[tuple[int, int], tuple[int, int]] | None = None  # default: symmetric (k-1)//2
+  padding: Padding | None = None  # default: symmetric (k-1)//2
+  groups: int = 1
+  use_bias: bool = False
+  kernel_init: Any = small_normal
+  depthwise: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, output_scale: jax.Array | None = None) -> jax.Array:
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size,
+                                                     in_features // self.groups, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+    if output_scale is not None:
+      kernel = kernel * output_scale
+      bias = bias * output_scale if bias is not None else None
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
+    if self._implementation(in_features) == "shifted":
+      y = depthwise_conv_shifted(x, kernel, self.stride, padding)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (self.stride, self.stride), padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    return y + bias.astype(self.dtype) if bias is not None else y
+
+  def _implementation(self, in_features: int) -> str:
+    if self.depthwise not in ("auto", "shifted", "conv"):
+      raise ValueError(f"unknown depthwise implementation {self.depthwise!r}")
+    if not self.groups == in_features == self.features > 1 or self.depthwise == "conv":
+      return "conv"
+    if self.depthwise == "auto" and jax.default_backend() != "cpu":
+      return "conv"
+    return "shifted"
+
+
+class ConvBN(nn.Module):
+  """Convolution, batch norm, optional activation. In evaluation the BN is folded into the
+  convolution's kernel and bias (one pass over the output instead of two)."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: Padding | None = None  # default: symmetric (k-1)//2
   groups: int = 1
   use_bias: bool = False
   activation: Any = None
   kernel_init: Any = small_normal
-  depthwise: str = "auto"  # implementation of depthwise convs (groups == features == inputs)
+  depthwise: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
-    if self.groups > 1 and self.groups == self.features == x.shape[-1] and not self.use_bias:
-      x = DepthwiseConv(self.kernel_size, self.stride, padding, self.depthwise,
-                        kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
+    conv = Conv(self.features, self.kernel_size, self.stride, self.padding, self.groups,
+                self.use_bias, self.kernel_init, self.depthwise, self.dtype, name="conv")
+    bn = BatchNorm(self.features, dtype=self.dtype, name="bn")
+    if train:
+      y = bn(conv(x), train=True)
     else:
-      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), (self.stride, self.stride),
-                  padding=padding, feature_group_count=self.groups, use_bias=self.use_bias,
-                  kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
-    x = BatchNorm(dtype=self.dtype, name="bn")(x, train)
-    return self.activation(x) if self.activation is not None else x
+      multiplier, offset = bn.affine()
+      y = conv(x, output_scale=multiplier) + offset.astype(self.dtype)
+    return self.activation(y) if self.activation is not None else y
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,34 @@
+"""Parameter and compute counts against the reference's measured numbers (§6, §1.6)."""
+
+import json
+
+import pytest
+
+from ehrnet_jax.cli import main
+from ehrnet_jax.counting import model_counts
+from ehrnet_jax.scaling import ScalingSpec
+
+# Reference: conv MACs (fvcore), FLOPs = 2 x MACs, and HigherHRNet's get_model_summary
+# ("paper") parameter and multiply-add counts.
+REFERENCE = {
+    "H0": dict(macs=23.958e9, params=19_725_359, paper_params=23_319_819, paper_macs=25.619e9),
+    "H-4": dict(macs=1.807e9, params=2_764_706, paper_params=3_757_196, paper_macs=2.105e9),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_counts_match_the_reference_and_the_paper_convention(name):
+  expected = REFERENCE[name]
+  counts = model_counts(ScalingSpec.from_name(name), with_flops=False)
+  assert counts["params"] == expected["params"]
+  assert counts["paper_params"] == expected["paper_params"]
+  assert counts["conv_macs"] == pytest.approx(expected["macs"], rel=1e-3)
+  assert counts["paper_flops"] == pytest.approx(expected["paper_macs"], rel=1e-3)
+
+
+def test_xla_flops_are_within_one_percent_of_twice_the_macs(capsys):
+  assert main(["info", "--variant", "H-4", "--json"]) == 0
+  (row,) = json.loads(capsys.readouterr().out)
+  assert (row["name"], row["phi"], row["input_size"]) == ("H-4", -4.0, 384)
+  assert row["params"] == REFERENCE["H-4"]["params"]
+  assert row["flops"] == pytest.approx(2 * REFERENCE["H-4"]["macs"], rel=0.01)
