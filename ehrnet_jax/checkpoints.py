@@ -70,5 +70,10 @@ def load_variables(directory: str | os.PathLike, expected: ScalingSpec | None = 
                     f"{expected.name} (phi={expected.phi:g}); pass --variant {spec.name} or "
                     "another checkpoint")
   target = abstract_variables(spec)
-  variables = ocp.StandardCheckpointer().restore(directory / "variables", target)
+  try:
+    variables = ocp.StandardCheckpointer().restore(directory / "variables", target)
+  except (ValueError, KeyError, FileNotFoundError) as error:
+    raise UserError(f"{directory}: its variables do not fit {spec.name} as this version of "
+                    f"ehrnet_jax builds it ({error}); re-create it with `ehrnet convert` or "
+                    "`ehrnet train`") from None
   return variables, spec

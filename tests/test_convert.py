@@ -123,3 +123,13 @@ def test_unreadable_sources_are_clear_errors(tmp_path):
 def _bundled():
   from ehrnet_jax import samples  # pylint: disable=import-outside-toplevel
   return samples.reference_weights()
+
+
+def test_checkpoint_whose_variables_do_not_fit_its_spec_is_a_clear_error(tmp_path, h4_variables):
+  directory = checkpoints.save_variables(tmp_path / "ck", h4_variables, ScalingSpec.from_name("H-4"))
+  metadata = json.loads((directory / checkpoints.METADATA_FILE).read_text())
+  (directory / checkpoints.METADATA_FILE).write_text(json.dumps({**metadata, "phi": -2.0}))
+  with pytest.raises(UserError, match="do not fit H-2"):
+    checkpoints.load_variables(directory)
+  with pytest.raises(UserError, match="not an ehrnet checkpoint"):
+    checkpoints.load_variables(tmp_path)

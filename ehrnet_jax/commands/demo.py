@@ -1,7 +1,8 @@
 """`ehrnet demo`: the main job on the bundled sample data, with no download.
 
 Converts the bundled reference-format H-4 weights (the authors' model with random weights) into
-an ehrnet checkpoint, runs the network on a bundled COCO photo and prints what came out.
+an ehrnet checkpoint, runs the whole inference path (network with flip test, decoding, grouping)
+on a bundled COCO photo and prints what came out.
 """
 
 import argparse
@@ -23,34 +24,25 @@ def register(subparsers) -> None:
 def run(args) -> int:
   import pathlib  # pylint: disable=import-outside-toplevel
 
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
-  from ehrnet_jax import checkpoints, convert, samples  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.images import load_rgb, network_input  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.models import EfficientHRNet  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import checkpoints, convert, inference, samples  # pylint: disable=import-outside-toplevel
   from ehrnet_jax.scaling import ScalingSpec  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(args.workdir)
   spec = ScalingSpec.from_name("H-4")
-  print(f"1. converting {samples.reference_weights().name} (the authors' H-4, random weights)")
-  variables = convert.convert_state_dict(convert.load_state_dict(samples.reference_weights()),
-                                         spec, source=str(samples.reference_weights()))
+  weights = samples.reference_weights()
+  print(f"1. converting {weights.name} (the authors' H-4 model, random weights)")
+  variables = convert.convert_state_dict(convert.load_state_dict(weights), spec,
+                                         source=str(weights))
   checkpoint = checkpoints.save_variables(workdir / "H-4_reference", variables, spec,
-                                          overwrite=True)
+                                          source=str(weights), overwrite=True)
   print(f"   -> {checkpoint}")
-  variables, spec = checkpoints.load_variables(checkpoint, spec)
 
   image_path = pathlib.Path(args.image) if args.image else samples.images()[0]
-  image = load_rgb(image_path)
-  inputs = network_input(image, spec.input_size)
-  print(f"2. {image_path.name}: {image.shape[1]}x{image.shape[0]} -> network input "
-        f"{inputs.shape[2]}x{inputs.shape[1]}")
-  model = EfficientHRNet(spec)
-  outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, inputs)
-  print(f"3. {spec.name} outputs (random weights: values are not meaningful):")
-  for name, value in outputs._asdict().items():
-    value = np.asarray(value)
-    print(f"   {name:>10}: shape {value.shape}, min {value.min():.3f}, max {value.max():.3f}, "
-          f"mean {value.mean():.3f}")
+  image = inference.read_image(image_path)
+  estimator = inference.jax_estimator(checkpoint, spec.name)
+  (poses,) = estimator([image])
+  print(f"2. {image_path.name} ({image.shape[1]}x{image.shape[0]}): {len(poses.people)} people "
+        f"found (random weights: not meaningful); network {poses.seconds['network'] * 1e3:.0f} ms"
+        f" (incl. compilation), decode {poses.seconds['decode'] * 1e3:.0f} ms, grouping "
+        f"{poses.seconds['grouping'] * 1e3:.0f} ms")
   return 0
