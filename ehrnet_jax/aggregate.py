@@ -18,16 +18,12 @@ slicing one resized array into several, is many times slower than returning one.
 import numpy as np
 
 from ehrnet_jax import transforms
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ehrnet_jax.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize(images, xp=np):
   """uint8 RGB (B, h, w, 3) -> float32 ImageNet-normalised."""
-  mean = np.asarray(IMAGENET_MEAN, np.float32)
-  std = np.asarray(IMAGENET_STD, np.float32)
-  return (images.astype(xp.float32) / 255.0 - mean) / std
+  return (images.astype(xp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def with_mirrored(images, xp=np):

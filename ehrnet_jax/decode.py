@@ -1,12 +1,13 @@
 """Decoding on device (JAX, jit): network, flip test, aggregation, NMS and top-k per joint.
 
-`JaxDecoder` is the JAX implementation of `ehrnet_jax.inference.Decoder`. It runs three jitted
-functions so that the time of each part can be reported:
+`JaxDecoder` is the JAX implementation of `ehrnet_jax.inference.Decoder`. Its steps are
+separate jitted functions, so that the network time can be reported on its own, and because XLA
+on CPU runs them several times faster apart than fused into one program (measured):
 
 1. network: uint8 images -> normalise -> [images, mirrored images] -> `apply_fn`;
 2. maps: `ehrnet_jax.aggregate.scale_maps` per scale (upsample, flip back, average, project to the
    input size of scale 1), then the mean over scales;
-3. candidates: max-pool NMS and the top-k peaks per joint (`nms_top_k`).
+3. candidates: max-pool NMS, then the top-k peaks per joint (`nms_top_k`).
 
 Each jitted function compiles once per input shape. The test sizes are multiples of 64, so the
 number of shapes is already small; `bucket` (e.g. 256) pads the network input at the bottom/right
@@ -47,22 +48,31 @@ def max_pool(maps: jax.Array, kernel: int) -> jax.Array:
   return maps
 
 
-def nms_peaks(heatmaps: jax.Array, k: int, kernel: int):
-  """Max-pool NMS and the k strongest peaks per joint of heatmaps (B, J, H, W).
+def nms(heatmaps: jax.Array, kernel: int) -> jax.Array:
+  """Keeps the pixels of (..., H, W) that equal the maximum of their window; zeros elsewhere."""
+  return jnp.where(max_pool(heatmaps, kernel) == heatmaps, heatmaps, 0.0)
 
-  A pixel is a peak if it equals the maximum of its kernel x kernel window; other pixels count
-  as 0. Returns xy int32 (B, J, k, 2), values (B, J, k) strongest first, and the flat pixel
-  indices (B, J, k).
-  """
-  peaks = jnp.where(max_pool(heatmaps, kernel) == heatmaps, heatmaps, 0.0)
-  batch, joints, h, w = heatmaps.shape
+
+def top_k(peaks: jax.Array, k: int):
+  """The k largest values per map of (B, J, H, W): xy int32 (B, J, k, 2), values, flat index."""
+  batch, joints, h, w = peaks.shape
   values, index = jax.lax.top_k(peaks.reshape(batch, joints, h * w), k)
   return jnp.stack([index % w, index // w], axis=-1), values, index
 
 
 def nms_top_k(heatmaps: jax.Array, tags: jax.Array, k: int, kernel: int):
-  """`nms_peaks` plus the tags (B, J, H, W, T) there: xy, values and tags (B, J, k, T)."""
-  xy, values, index = nms_peaks(heatmaps, k, kernel)
+  """Max-pool NMS and the k strongest peaks per joint, with their tags.
+
+  Args:
+    heatmaps: (B, J, H, W).
+    tags: (B, J, H, W, T).
+    k: peaks per joint.
+    kernel: odd NMS window.
+
+  Returns:
+    xy int32 (B, J, k, 2), values (B, J, k) strongest first, tags (B, J, k, T).
+  """
+  xy, values, index = top_k(nms(heatmaps, kernel), k)
   flat_tags = tags.reshape(*index.shape[:2], -1, tags.shape[-1])
   return xy, values, jnp.take_along_axis(flat_tags, index[..., None], axis=2)
 
@@ -77,8 +87,9 @@ class JaxDecoder:
     self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket))
     self._maps = jax.jit(functools.partial(_maps, flip_index),
                          static_argnames=("scales", "base_hw"))
-    self._candidates = jax.jit(functools.partial(_candidates, config.max_num_people,
-                                                 config.nms_kernel))
+    # NMS and top-k are separate programs: fused, XLA on CPU is 2-3x slower.
+    self._nms = jax.jit(lambda maps: nms(maps[0], config.nms_kernel))
+    self._top_k = jax.jit(functools.partial(_top_k_with_tags, config.max_num_people))
 
   def __call__(self, pyramid, base_hw: tuple[int, int]) -> inference.Maps:
     start = time.perf_counter()
@@ -87,11 +98,11 @@ class JaxDecoder:
     network_done = time.perf_counter()
     scales = tuple(float(s) for s, _ in pyramid)
     maps = self._maps(outputs, scales=scales, base_hw=tuple(base_hw))
-    xy, values, candidate_tags = jax.device_get(self._candidates(maps))
+    xy, values, candidate_tags = jax.device_get(self._top_k(self._nms(maps), maps))
     heatmaps, tags = aggregate.split_maps(np.asarray(maps))
     candidates = [group.Candidates(*parts) for parts in zip(xy, values, candidate_tags)]
-    return inference.Maps(heatmaps, tags, candidates,
-                          network_s=network_done - start, decode_s=time.perf_counter() - network_done)
+    return inference.Maps(heatmaps, tags, candidates, network_s=network_done - start,
+                          decode_s=time.perf_counter() - network_done)
 
 
 def _network(apply_fn, flip, bucket, variables, images):
@@ -113,9 +124,9 @@ def _maps(flip_index, outputs, scales, base_hw):
   return aggregate.aggregate_scales(scales, per_scale, jnp)
 
 
-def _candidates(k, kernel, maps):
-  """Stacked maps (1 + T, B, J, H, W) -> `nms_top_k`'s candidates, without restacking the tags."""
-  xy, values, index = nms_peaks(maps[0], k, kernel)
+def _top_k_with_tags(k, peaks, maps):
+  """`top_k` of the peaks, with the tags from stacked maps (1 + T, B, J, H, W) (no restacking)."""
+  xy, values, index = top_k(peaks, k)
   flat_tags = maps[1:].reshape(maps.shape[0] - 1, *index.shape[:2], -1)   # (T, B, J, H*W)
   tags = jnp.take_along_axis(flat_tags, index[None], axis=3)
   return xy, values, jnp.moveaxis(tags, 0, -1)

@@ -32,12 +32,16 @@ class Source:
   images: Callable[[], Iterator[tuple[int, np.ndarray]]]
 
 
-def coco_folder(root, split: str = "val2017", max_images: int | None = None) -> Source:
-  """A COCO folder: `root/annotations/person_keypoints_{split}.json` and `root/{split}/`."""
+def coco_folder(root, split: str = "val2017", max_images: int | None = None,
+                image_ids=None) -> Source:
+  """A COCO folder: `root/annotations/person_keypoints_{split}.json` and `root/{split}/`.
+
+  All images of the split (or only `image_ids`), in id order, at most `max_images`.
+  """
   root = pathlib.Path(root)
   ground_truth = coco_results.load_ground_truth(
       root / "annotations" / f"person_keypoints_{split}.json")
-  image_ids = sorted(ground_truth.imgs)[:max_images]
+  image_ids = sorted(ground_truth.imgs if image_ids is None else image_ids)[:max_images]
 
   def images():
     for image_id in image_ids:

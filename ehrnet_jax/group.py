@@ -213,49 +213,20 @@ def _mean_person_tags(people: np.ndarray, tags: np.ndarray) -> np.ndarray:
 def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
   """For each query n: the first pixel maximising `heatmaps[joint[n]] - round(|tag - m_n|)`.
 
-  Returns x, y (int64) and the heatmap value there (float32), each (N,).
+  Best-first over tiles: each round evaluates, for every query that still has a tile able to
+  beat its best value so far (or to tie it at an earlier pixel), its `batch_tiles` tiles of
+  highest bound. Returns x, y (int64) and the heatmap value there (float32), each (N,).
   """
-  num_joints, h, w = heatmaps.shape
-  rows, cols = -(-h // tile), -(-w // tile)
-  det = _pad_to_tiles(heatmaps, tile, constant_values=-np.inf)
-  tag = _pad_to_tiles(tags, tile, mode="edge")
-  # Per-tile bounds: (J, R, C) max value, (J, R, C, T) tag box.
-  det_max = _tile_reduce(det, tile, np.maximum)
-  tag_lo = _tile_reduce(tag, tile, np.minimum)
-  tag_hi = _tile_reduce(tag, tile, np.maximum)
-  det = det.reshape(num_joints, rows, tile, cols, tile)
-  tag = tag.reshape(num_joints, rows, tile, cols, tile, -1)
-  # Float32 tag distances can undershoot the exact box distance by a few ulps.
-  slack = 1e-5 * (1 + np.abs(tags).max() + np.abs(mean_tags).max())
-  # Upper bound of the objective per (query, tile): round(d) >= ceil(d_min - 1/2) for d >= d_min.
-  m = mean_tags[:, None, None, :]                                         # (N, 1, 1, T)
-  gap = np.maximum(np.maximum(tag_lo[joint] - m, m - tag_hi[joint]), 0)   # (N, R, C, T)
-  min_round = np.maximum(np.ceil(np.sqrt((gap.astype(np.float64) ** 2).sum(-1)) - slack - 0.5), 0)
-  bound = det_max[joint] - min_round.astype(np.float32)                   # (N, R, C)
-  first_index = (np.arange(rows)[:, None] * tile * w + np.arange(cols) * tile)   # (R, C)
-
-  def evaluate(query, tile_row, tile_col):
-    """Best value and its flat index within the given tiles, for the given queries."""
-    d = det[joint[query], tile_row, :, tile_col, :]                       # (M, S, S)
-    diff = tag[joint[query], tile_row, :, tile_col] - mean_tags[query][:, None, None]
-    distance = np.sqrt((diff * diff).sum(-1))                             # (M, S, S)
-    objective = (d - np.round(distance)).reshape(len(query), -1)
-    local = objective.argmax(1)
-    best = objective[np.arange(len(query)), local]
-    py, px = local // tile + tile_row * tile, local % tile + tile_col * tile
-    return best, py * w + px
-
-  # Best-first: each round evaluates the `batch` highest-bound tiles of every query that still
-  # has a tile able to beat (or tie at an earlier pixel) its best value so far.
+  _, h, w = heatmaps.shape
+  tiles = _Tiles(heatmaps, tags, tile)
+  bound = tiles.bounds(mean_tags, joint)                                  # (N, R*C)
   num_queries = len(joint)
-  bound = bound.reshape(num_queries, -1)                                  # (N, R*C)
-  first_index = first_index.reshape(-1)
   best = np.full(num_queries, -np.inf, np.float32)
   index = np.full(num_queries, h * w)
   evaluated = np.zeros(bound.shape, bool)
   while True:
-    can_win = ~evaluated & ((bound > best[:, None])
-                            | ((bound == best[:, None]) & (first_index < index[:, None])))
+    can_win = ~evaluated & ((bound > best[:, None]) | ((bound == best[:, None])
+                                                       & (tiles.first_index < index[:, None])))
     query = np.flatnonzero(can_win.any(1))
     if query.size == 0:
       break
@@ -265,7 +236,7 @@ def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
     pick = np.take_along_axis(can_win[query], top, 1)
     query, top = np.repeat(query, batch)[pick.ravel()], top[pick]
     evaluated[query, top] = True
-    value, flat = evaluate(query, top // cols, top % cols)
+    value, flat = tiles.best_in(mean_tags[query], joint[query], top)
     # This round's winner per query: the highest value, then the earliest pixel.
     order = np.lexsort((flat, -value, query))
     query, first = np.unique(query[order], return_index=True)
@@ -274,6 +245,49 @@ def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
     best[query[better]], index[query[better]] = value[better], flat[better]
   y, x = index // w, index % w
   return x, y, heatmaps[joint, y, x]
+
+
+class _Tiles:
+  """Heatmaps and tags cut into tile x tile blocks, with per-block bounds for `refine`."""
+
+  def __init__(self, heatmaps: np.ndarray, tags: np.ndarray, tile: int):
+    num_joints, h, self.width = heatmaps.shape
+    rows, self.cols = -(-h // tile), -(-self.width // tile)
+    self.tile = tile
+    det = _pad_to_tiles(heatmaps, tile, constant_values=-np.inf)
+    tag = _pad_to_tiles(tags, tile, mode="edge")
+    self.det_max = _tile_reduce(det, tile, np.maximum)                   # (J, R, C)
+    self.tag_lo = _tile_reduce(tag, tile, np.minimum)                    # (J, R, C, T)
+    self.tag_hi = _tile_reduce(tag, tile, np.maximum)
+    self.det = det.reshape(num_joints, rows, tile, self.cols, tile)
+    self.tag = tag.reshape(num_joints, rows, tile, self.cols, tile, -1)
+    self.first_index = (np.arange(rows)[:, None] * tile * self.width
+                        + np.arange(self.cols) * tile).reshape(-1)        # (R*C,)
+
+  def bounds(self, mean_tags: np.ndarray, joint: np.ndarray) -> np.ndarray:
+    """(N, R*C) upper bounds of the objective of query (mean_tags[n], joint[n]) per tile.
+
+    The tag distance in a tile is at least d, the distance to its tag box, and
+    round(distance) >= ceil(d - 1/2); `slack` covers float32 distances a few ulps short of d.
+    """
+    m = mean_tags[:, None, None, :]                                       # (N, 1, 1, T)
+    gap = np.maximum(np.maximum(self.tag_lo[joint] - m, m - self.tag_hi[joint]), 0)
+    slack = 1e-5 * (1 + np.abs(self.tag_lo).max() + np.abs(self.tag_hi).max()
+                    + np.abs(mean_tags).max())
+    distance = np.sqrt((gap.astype(np.float64) ** 2).sum(-1))
+    min_round = np.maximum(np.ceil(distance - slack - 0.5), 0).astype(np.float32)
+    return (self.det_max[joint] - min_round).reshape(len(joint), -1)
+
+  def best_in(self, mean_tags: np.ndarray, joint: np.ndarray, tile_index: np.ndarray):
+    """Exact best value and its flat pixel index within one tile per query (float32 math)."""
+    row, col = tile_index // self.cols, tile_index % self.cols
+    det = self.det[joint, row, :, col, :]                                 # (M, S, S)
+    diff = self.tag[joint, row, :, col] - mean_tags[:, None, None]        # (M, S, S, T)
+    objective = (det - np.round(np.sqrt((diff * diff).sum(-1)))).reshape(len(joint), -1)
+    local = objective.argmax(1)
+    y = local // self.tile + row * self.tile
+    x = local % self.tile + col * self.tile
+    return objective[np.arange(len(joint)), local], y * self.width + x
 
 
 def _pad_to_tiles(maps: np.ndarray, tile: int, **pad_args) -> np.ndarray:

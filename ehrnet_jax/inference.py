@@ -136,10 +136,12 @@ def read_image(path) -> np.ndarray:
   network's stride) on a side.
   """
   path = pathlib.Path(path)
-  data = np.fromfile(path, np.uint8) if path.is_file() else None
-  if data is None:
+  if not path.is_file():
     raise UserError(f"{path}: no such image file")
-  image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+  data = np.fromfile(path, np.uint8)
+  image = None
+  if data.size:
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
   if image is None:
     raise UserError(f"{path}: cannot decode this file as an image (expected JPEG, PNG, BMP, ...)")
   check_image_size(image, path)
@@ -152,7 +154,6 @@ def check_image_size(image: np.ndarray, name) -> None:
   if min(h, w) < MIN_IMAGE_SIDE:
     raise UserError(f"{name}: image is {w}x{h} pixels; at least {MIN_IMAGE_SIDE} pixels per side "
                     "are needed (the network's stride)")
-
 
 
 def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
