@@ -28,9 +28,12 @@ class EfficientHRNet(nn.Module):
   deterministic. `dtype` is the compute dtype (e.g. bfloat16 on TPU); parameters and batch-norm
   statistics stay float32 and so do the outputs. `depthwise` picks the backbone's depthwise-conv
   implementation ("auto": shifted slices on CPU, grouped conv elsewhere; "conv" for export).
+  `channel_align` pads the high-resolution widths with zero channels to a multiple of it while
+  computing (the parameters and the numbers are unchanged; see `layers.Conv`).
   """
   spec: ScalingSpec
   depthwise: str = "auto"
+  channel_align: int = 8
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -39,10 +42,11 @@ class EfficientHRNet(nn.Module):
     self.spec.check_input_shape(*images.shape[1:3])
     taps = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name="backbone")(
         images, train)
-    x = HighResolutionNetwork(self.spec, dtype=self.dtype, name="hrnet")(taps, train)
+    x = HighResolutionNetwork(self.spec, self.channel_align, dtype=self.dtype, name="hrnet")(
+        taps, train)
     out_4, out_2 = HigherResolutionHead(
-        self.spec.num_joints, self.spec.head_width, self.spec.head_blocks, dtype=self.dtype,
-        name="head")(x, train)
+        self.spec.num_joints, self.spec.hr_widths[0], self.spec.head_width, self.spec.head_blocks,
+        self.channel_align, dtype=self.dtype, name="head")(x, train)
     joints = self.spec.num_joints
     out_4, out_2 = out_4.astype(jnp.float32), out_2.astype(jnp.float32)
     return PoseOutputs(out_4[..., :joints], out_4[..., joints:], out_2)

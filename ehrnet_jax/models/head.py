@@ -4,29 +4,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import BasicBlock, BatchNorm, Dtype, small_normal
+from ehrnet_jax.models.layers import (BasicBlock, BatchNorm, Conv, Dtype, aligned, pad_channels,
+                                     small_normal)
 
 
 class HigherResolutionHead(nn.Module):
   """1x1 conv -> J heatmaps + J tags at 1/4; concat(features, that) -> 4x4 stride-2 transposed
-  conv -> BN-ReLU -> basic blocks -> 1x1 conv -> J heatmaps at 1/2."""
+  conv -> BN-ReLU -> basic blocks -> 1x1 conv -> J heatmaps at 1/2.
+
+  `x` has `in_features` channels, then zero channels (see `layers.Conv`); the blocks at 1/2
+  carry `aligned(width, align)` channels."""
   num_joints: int
+  in_features: int
   width: int
   num_blocks: int = 2
+  align: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    out_4 = nn.Conv(2 * self.num_joints, (1, 1), kernel_init=small_normal, dtype=self.dtype,
-                    name="final_4")(x)                                   # (B, H/4, W/4, 2J)
-    y = jnp.concatenate([x, out_4], axis=-1)
+    out_4 = Conv(2 * self.num_joints, 1, use_bias=True, in_features=self.in_features,
+                 dtype=self.dtype, name="final_4")(x)                    # (B, H/4, W/4, 2J)
+    y = jnp.concatenate([x[..., :self.in_features], out_4], axis=-1)
     # Equals PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): output exactly 2x the input.
     y = nn.ConvTranspose(self.width, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                          transpose_kernel=True, use_bias=False, kernel_init=small_normal,
                          dtype=self.dtype, name="deconv")(y)
     y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
+    y = pad_channels(y, aligned(self.width, self.align))
     for k in range(self.num_blocks):
-      y = BasicBlock(self.width, dtype=self.dtype, name=f"deconv_block{k}")(y, train)
-    out_2 = nn.Conv(self.num_joints, (1, 1), kernel_init=small_normal, dtype=self.dtype,
-                    name="final_2")(y)                                   # (B, H/2, W/2, J)
+      y = BasicBlock(self.width, self.align, dtype=self.dtype, name=f"deconv_block{k}")(y, train)
+    out_2 = Conv(self.num_joints, 1, use_bias=True, in_features=self.width, dtype=self.dtype,
+                 name="final_2")(y)                                      # (B, H/2, W/2, J)
     return out_4, out_2

