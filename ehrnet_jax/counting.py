@@ -62,7 +62,8 @@ def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
                  with_flops: bool = True) -> dict:
   """Counts for `EfficientHRNet(spec)` at batch 1 and `size` (H, W; default: the native input)."""
   height, width = size or (spec.input_size, spec.input_size)
-  model = EfficientHRNet(spec, depthwise="conv")  # depthwise convs stay convolutions in the jaxpr
+  # The network as specified: depthwise convs as convolutions, no alignment channels.
+  model = EfficientHRNet(spec, depthwise="conv", channel_align=1)
   images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
   apply = lambda v, x: model.apply(v, x, train=False)
