@@ -67,7 +67,6 @@ def write_contact_sheet(args: argparse.Namespace, builder, split: str) -> None:
       args.data_dir, input_size=args.input_size, per_device_batch=args.samples, num_devices=1,
       seed=args.seed, split=split, config=args.config, process_index=0, process_count=1)
   host = jax.tree.map(lambda x: x[0], next(iterator))
-  del iterator
   device = jax.device_get(jax.jit(targets.prepare_batch)(host))
   keypoint_set = builder.builder_config.keypoint_set
   tiles = []

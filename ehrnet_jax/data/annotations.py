@@ -12,6 +12,7 @@ positives nor background.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -162,7 +163,7 @@ def _region(ann: dict, height: int, width: int, where: str) -> np.ndarray:
     else:
       rle = segmentation
     return mask_utils.decode(rle)
-  except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+  except Exception as error:  # pylint: disable=broad-except  # pycocotools raises bare Exception.
     raise UserError(f"{where}: cannot rasterise the segmentation of annotation {ann['id']} "
                     f"({error})") from None
 
@@ -182,6 +183,14 @@ def encode_mask(mask: np.ndarray) -> bytes:
   return mask_utils.encode(np.asfortranarray(mask))["counts"]
 
 
+@functools.lru_cache(maxsize=256)
+def empty_mask_counts(height: int, width: int) -> bytes:
+  """The RLE counts of an all-zero (H, W) mask (most images: nothing ignored)."""
+  return encode_mask(np.zeros((height, width), np.uint8))
+
+
 def decode_mask(counts: bytes, height: int, width: int) -> np.ndarray:
   """COCO compressed RLE counts -> (H, W) uint8 {0, 1}, C order."""
+  if counts == empty_mask_counts(height, width):  # Skips a decode and a transpose.
+    return np.zeros((height, width), np.uint8)
   return np.ascontiguousarray(mask_utils.decode({"size": [height, width], "counts": counts}))

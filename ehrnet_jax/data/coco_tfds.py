@@ -107,14 +107,9 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = pathlib.Path(dl_manager.manual_dir)
-    present = {name: files for name, files in self.builder_config.splits.items()
-               if (root / files.annotations).is_file()}
-    if not present:
-      expected = ", ".join(f.annotations for f in self.builder_config.splits.values())
-      raise UserError(f"{root}: no annotation file found; expected one of: {expected}")
     return {name: self._generate_examples(root / files.annotations, root / files.images,
                                           files.all_images)
-            for name, files in present.items()}
+            for name, files in present_splits(self.builder_config, root).items()}
 
   def _generate_examples(self, json_path: pathlib.Path, image_dir: pathlib.Path,
                          all_images: bool):
@@ -149,6 +144,16 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
       }
 
 
+def present_splits(config: CocoKeypointsConfig, root: pathlib.Path) -> dict[str, SplitFiles]:
+  """The splits of `config` whose annotation file exists under root (UserError if none)."""
+  present = {name: files for name, files in config.splits.items()
+             if (root / files.annotations).is_file()}
+  if not present:
+    expected = ", ".join(f.annotations for f in config.splits.values())
+    raise UserError(f"{root}: no annotation file found; expected one of: {expected}")
+  return present
+
+
 def read_checked_image(path: pathlib.Path, record: annotations.ImageRecord) -> bytes:
   """The file's bytes, after checking that it decodes to the size the json gives."""
   where = f"{path} (image id {record.image_id})"
@@ -168,10 +173,11 @@ def read_checked_image(path: pathlib.Path, record: annotations.ImageRecord) -> b
 def build(coco_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
           config: str = "coco") -> CocoKeypoints:
   """Builds (once) the dataset of `coco_dir` into `data_dir`; returns the prepared builder."""
-  coco_dir = pathlib.Path(coco_dir)
+  coco_dir = pathlib.Path(coco_dir).expanduser()
   if not coco_dir.is_dir():
     raise UserError(f"{coco_dir}: COCO folder not found")
   builder = CocoKeypoints(config=config, data_dir=str(data_dir))
+  present_splits(builder.builder_config, coco_dir)  # Before TFDS: a clear error, no traceback.
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(coco_dir)))
   return builder

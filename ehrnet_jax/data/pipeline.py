@@ -7,14 +7,17 @@ Training, per host:
   prefetch.
 Every random draw is keyed by (seed, process index, element index), so a batch depends only on
 the seed and its step: the stream is identical across runs, parallelism and resumption. Resuming
-skips records of the current epoch only (read, not decoded).
+skips records of the current epoch only (read, not decoded). The epoch shuffle is a buffered
+shuffle (`shuffle_buffer`) of the stored order, which TFDS already shuffled at build time.
 
 The batch holds uint8 images and masks and integer target positions; `targets.prepare_batch`
 builds the trainer's float batch on device (see docs/CONTRACTS.md, "Training batch").
 """
 
+import atexit
 from collections.abc import Iterator
 import pathlib
+import weakref
 
 import cv2
 import numpy as np
@@ -77,7 +80,6 @@ def _augment_fn(seed: int, process_index: int, input_size: int, flip_index: tupl
     return tuple(out[k] for k in _TRAIN_KEYS)
 
   return fn
-
 
 
 def _train_shapes(input_size: int, num_joints: int) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
@@ -153,10 +155,40 @@ def train_dataset(data_dir: str | pathlib.Path, *, input_size: int, per_device_b
   return ds.with_options(options)
 
 
+class NumpyIterator:
+  """NumPy elements of a tf.data dataset, released at interpreter exit.
+
+  tf.data threads still running a `numpy_function` while Python shuts down abort the process
+  ("terminate called without an active exception", exit 134); closing first avoids that.
+  """
+  _live: "weakref.WeakSet[NumpyIterator]" = weakref.WeakSet()
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._iterator = iter(tfds.as_numpy(dataset))
+    NumpyIterator._live.add(self)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self._iterator)
+
+  def close(self) -> None:
+    self._iterator = iter(())
+
+  @classmethod
+  def close_all(cls) -> None:
+    for iterator in list(cls._live):
+      iterator.close()
+
+
+atexit.register(NumpyIterator.close_all)
+
+
 def train_iterator(data_dir: str | pathlib.Path, **kwargs) -> Iterator[dict[str, np.ndarray]]:
   """`train_dataset(data_dir, **kwargs)` as NumPy batches ready for `jax.pmap`."""
   cv2.setNumThreads(1)  # tf.data runs the warps in parallel already; no nested thread pools.
-  return iter(tfds.as_numpy(train_dataset(data_dir, **kwargs)))
+  return NumpyIterator(train_dataset(data_dir, **kwargs))
 
 
 def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = "validation",
@@ -195,3 +227,8 @@ def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = 
             "width": record["width"]}
 
   return records.map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_iterator(data_dir: str | pathlib.Path, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+  """`eval_dataset(data_dir, **kwargs)` as NumPy elements."""
+  return NumpyIterator(eval_dataset(data_dir, **kwargs))

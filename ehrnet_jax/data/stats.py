@@ -19,7 +19,7 @@ def split_statistics(builder: tfds.core.DatasetBuilder, split: str) -> dict[str,
     totals["labelled_keypoints"] += int(np.sum(people["keypoints"][..., 2] > 0))
     totals["images_over_max_people"] += int(record["people_dropped"] > 0)
     totals["people_dropped"] += int(record["people_dropped"])
-    empty = annotations.encode_mask(np.zeros((record["height"], record["width"]), np.uint8))
+    empty = annotations.empty_mask_counts(int(record["height"]), int(record["width"]))
     totals["images_with_ignore_region"] += int(record["ignore_mask_rle"] != empty)
   totals["max_people"] = annotations.MAX_PEOPLE
   return totals
