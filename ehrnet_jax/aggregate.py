@@ -18,12 +18,6 @@ slicing one resized array into several, is many times slower than returning one.
 import numpy as np
 
 from ehrnet_jax import transforms
-from ehrnet_jax.images import IMAGENET_MEAN, IMAGENET_STD
-
-
-def normalize(images, xp=np):
-  """uint8 RGB (B, h, w, 3) -> float32 ImageNet-normalised."""
-  return (images.astype(xp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def with_mirrored(images, xp=np):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax import aggregate
+from ehrnet_jax import images as images_lib
 from ehrnet_jax import group
 from ehrnet_jax import inference
 
@@ -110,7 +111,7 @@ def _network(apply_fn, flip, bucket, variables, images):
   h, w = images.shape[1:3]
   if bucket:
     images = jnp.pad(images, ((0, 0), (0, -h % bucket), (0, -w % bucket), (0, 0)))
-  x = aggregate.normalize(images, jnp)
+  x = images_lib.normalize(images, jnp)
   if flip:
     x = aggregate.with_mirrored(x, jnp)
   heatmaps_4, tags_4, heatmaps_2 = apply_fn(variables, x)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ehrnet_jax import aggregate
+from ehrnet_jax import images as images_lib
 from ehrnet_jax import group
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax import transforms
@@ -65,7 +66,7 @@ class HostDecoder:
     maps = []
     for _, images in pyramid:
       start = time.perf_counter()
-      x = aggregate.normalize(images)
+      x = images_lib.normalize(images)
       if self.flip_index is not None:
         x = aggregate.with_mirrored(x)
       outputs = [np.asarray(o, np.float32) for o in self.backend(np.ascontiguousarray(x))]

@@ -13,11 +13,10 @@ on the integer position; overlapping people take the max; joint lists packed per
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
+
+from ehrnet_jax.images import normalize
 
 SIGMA = 2.0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def gaussian_heatmaps(positions: jnp.ndarray, size: int, sigma: float = SIGMA) -> jnp.ndarray:
@@ -67,13 +66,6 @@ def tag_joints(positions: jnp.ndarray, size: int) -> jnp.ndarray:
       jnp.int32)
 
 
-def normalize_image(image: jnp.ndarray) -> jnp.ndarray:
-  """uint8 RGB (..., H, W, 3) -> float32 ImageNet-normalised."""
-  mean = np.asarray(IMAGENET_MEAN, np.float32)
-  std = np.asarray(IMAGENET_STD, np.float32)
-  return (image.astype(jnp.float32) / 255.0 - mean) / std
-
-
 def prepare_batch(batch: dict, sigma: float = SIGMA) -> dict:
   """Host batch (pipeline output) -> trainer batch (docs/CONTRACTS.md), any leading dims; jittable.
 
@@ -84,7 +76,7 @@ def prepare_batch(batch: dict, sigma: float = SIGMA) -> dict:
   """
   size_4, size_2 = batch["mask_4"].shape[-1], batch["mask_2"].shape[-1]
   return {
-      "image": normalize_image(batch["image"]),
+      "image": normalize(batch["image"], jnp),
       "heatmaps_4": gaussian_heatmaps(batch["keypoints_4"], size_4, sigma),
       "heatmaps_2": gaussian_heatmaps(batch["keypoints_2"], size_2, sigma),
       "mask_4": batch["mask_4"].astype(jnp.float32),
