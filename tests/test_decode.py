@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ehrnet_jax import aggregate
+from ehrnet_jax import images as images_lib
 from ehrnet_jax import coco_results
 from ehrnet_jax import decode
 from ehrnet_jax import group
@@ -82,7 +82,7 @@ def test_flip_and_projection_match_plain_numpy():
     return np.stack([cv2.resize(m, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
                      for m in np.moveaxis(maps_hwc, -1, 0)], -1)
 
-  x = aggregate.normalize(images)
+  x = images_lib.normalize(images)
   for b in range(2):
     views_heat, views_tags = [], []
     for mirrored in (False, True):
