@@ -40,6 +40,12 @@ class DataConfig:
   split: str = "train"  # TFDS split: train (train2017), validation (val2017).
   per_device_batch: int = 8
   shuffle_buffer: int = 2048
+  # The random affine and flip (the reference's values; ehrnet_jax.data.augment.AugmentConfig).
+  max_rotation: float = 30.0  # Degrees.
+  min_scale: float = 0.75  # Crop side = short image side * U[min_scale, max_scale).
+  max_scale: float = 1.5
+  max_translate: float = 40.0  # Pixels (times the scale).
+  flip_probability: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,7 @@ class RunConfig:
   keep_checkpoints: int = 3  # The latest N, plus the best by AP.
   eval_every_steps: int = 0  # 0 = evaluate only at the end; -1 = never.
   eval_split: str = "validation"  # TFDS split of data.coco_dir to evaluate on.
+  eval_max_images: int = 0  # 0 = every image of the split.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,3 +197,22 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Conf
   for assignment in overrides:
     config = override(config, assignment)
   return config
+
+
+# TRAIN.IMAGES_PER_GPU of the reference's Example Configs (one GPU per process).
+REFERENCE_BATCH = {"H0": 1, "H-1": 6, "H-2": 8, "H-3": 10, "H-4": 48}
+
+
+def reference_recipe(variant: str) -> Config:
+  """The authors' recipe for one published model (Example Configs/H*.yaml).
+
+  Adam 1e-3, x0.1 at epochs 200 and 260, 300 epochs, no warm-up, loss weights 1/1/1e-3/1e-3, the
+  variant's native input size and the reference's per-device batch. The backbone trains too
+  (the reference freezes it, but over an ImageNet-pretrained backbone that this project does
+  not ship; with one in init.checkpoint, set train.freeze_backbone=true to match exactly).
+  """
+  return Config(
+      model=ModelConfig(variant=variant),
+      data=DataConfig(coco_dir="data/coco", per_device_batch=REFERENCE_BATCH[variant]),
+      run=RunConfig(log_every_steps=100, checkpoint_every_steps=2000, keep_checkpoints=3,
+                    eval_every_steps=20000))

@@ -36,8 +36,11 @@ class Checkpointer:
         policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=False, n=1,
                        keep_checkpoints_without_metrics=False),
     ])
+    # best_fn also makes orbax write each save's metrics to disk (for the policy after a restart).
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation, create=True, enable_async_checkpointing=True)
+        preservation_policy=preservation, best_fn=lambda metrics: metrics[BEST_METRIC],
+        best_mode="max", keep_checkpoints_without_metrics=True, create=True,
+        enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
                                           options=options)
 
@@ -74,17 +77,14 @@ class Checkpointer:
     return restored.state, restored.meta
 
   def best_step(self) -> int | None:
-    """The saved step with the highest AP, if any save had metrics."""
-    scored = []
-    for step in self._manager.all_steps():
-      metrics = self._manager.metrics(step)
-      if metrics and BEST_METRIC in metrics:
-        scored.append((metrics[BEST_METRIC], step))
-    return max(scored)[1] if scored else None
+    """The saved step with the highest AP (the latest step when no save had metrics)."""
+    return self._manager.best_step()
 
-  def wait(self) -> None:
-    """Blocks until the pending asynchronous save is on disk."""
-    self._manager.wait_until_finished()
+  def best_ap(self) -> float:
+    """The highest AP saved so far (-inf when no save had metrics)."""
+    step = self._manager.best_step()
+    metrics = self._manager.metrics(step) if step is not None else None
+    return float(metrics[BEST_METRIC]) if metrics and BEST_METRIC in metrics else float("-inf")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

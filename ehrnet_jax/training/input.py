@@ -36,7 +36,7 @@ class CocoTrainData:
   """Augmented COCO keypoint batches from `ehrnet_jax.data` (TFDS built once, then tf.data)."""
 
   def __init__(self, config: DataConfig, input_size: int, seed: int, workdir: str):
-    from ehrnet_jax.data import coco_tfds, pipeline  # TensorFlow: import only when used.
+    from ehrnet_jax.data import augment, coco_tfds, pipeline  # TensorFlow: only when used.
     coco_dir = (pathlib.Path(config.coco_dir).expanduser() if config.coco_dir
                 else samples.coco_dir())
     self.tfds_dir = config.tfds_dir or os.path.join(workdir, "tfds")
@@ -45,7 +45,7 @@ class CocoTrainData:
       raise UserError(f"data.split={config.split!r}: not in {coco_dir} (built splits: "
                       f"{', '.join(builder.info.splits)})")
     self.num_examples = builder.info.splits[config.split].num_examples
-    self._pipeline = pipeline
+    self._pipeline, self._augment = pipeline, augment
     self._config, self._input_size, self._seed = config, input_size, seed
 
   def batches(self, start_step: int) -> Iterator[Batch]:
@@ -53,7 +53,11 @@ class CocoTrainData:
         self.tfds_dir, input_size=self._input_size,
         per_device_batch=self._config.per_device_batch, num_devices=jax.local_device_count(),
         seed=self._seed, start_step=start_step, split=self._config.split,
-        shuffle_buffer=self._config.shuffle_buffer)
+        shuffle_buffer=self._config.shuffle_buffer,
+        augment_config=self._augment.AugmentConfig(
+            max_rotation=self._config.max_rotation, min_scale=self._config.min_scale,
+            max_scale=self._config.max_scale, max_translate=self._config.max_translate,
+            flip_probability=self._config.flip_probability))
 
 
 def _build_once(coco_tfds, coco_dir: pathlib.Path, tfds_dir: str):

@@ -36,8 +36,10 @@ from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.checkpointing import Checkpointer
+from ehrnet_jax.training.evaluation import CocoEvaluator
 from ehrnet_jax.training.input import Batch, CocoTrainData, TrainData
-from ehrnet_jax.training.state import TrainState, create_train_state, init_variables
+from ehrnet_jax.training.state import (TrainState, abstract_train_state, create_train_state,
+                                       init_variables)
 from ehrnet_jax.training.writers import MetricWriter, ProgressBar
 
 # (variables, spec) -> metrics with at least "ap" (COCO keypoint AP).
@@ -115,18 +117,26 @@ class _NonFiniteGuard:
 
 @dataclasses.dataclass
 class _Throughput:
-  """Images per second between log steps, excluding the first step (compilation)."""
+  """Images per second of the training steps between log steps.
+
+  The first step (compilation) and the time spent saving and evaluating are left out.
+  """
   global_batch: int
   start_time: float | None = None
   start_step: int = 0
+  excluded: float = 0.0
+
+  def exclude(self, seconds: float) -> None:
+    self.excluded += seconds
 
   def mark(self, step: int) -> float | None:
     """Images/s since the previous mark (None at the first), and restarts the clock."""
     now = time.perf_counter()
     rate = None
     if self.start_time is not None and step > self.start_step:
-      rate = (step - self.start_step) * self.global_batch / (now - self.start_time)
-    self.start_time, self.start_step = now, step
+      rate = (step - self.start_step) * self.global_batch / (
+          now - self.start_time - self.excluded)
+    self.start_time, self.start_step, self.excluded = now, step, 0.0
     return rate
 
 
@@ -138,8 +148,9 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
     config: the run's config.
     workdir: where checkpoints, logs and the final model go (created if missing).
     data: the input pipeline; default `CocoTrainData` on `config.data`.
-    evaluate: the evaluation hook (called on process 0's variables; `"ap"` ranks the
-      checkpoints); default none.
+    evaluate: the evaluation hook (`"ap"` ranks the checkpoints); default COCO AP on
+      `config.run.eval_split` of the COCO data (`CocoEvaluator`), unless `data` is given or
+      `config.run.eval_every_steps` is -1.
     model: the network; default `EfficientHRNet` of `config.model`.
 
   Raises:
@@ -151,7 +162,11 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   spec, input_size = resolve_spec(config)
   model = model or make_model(config, spec)
   global_batch = config.data.per_device_batch * jax.device_count()
-  data = data or CocoTrainData(config.data, input_size, config.train.seed, workdir)
+  if data is None:
+    data = CocoTrainData(config.data, input_size, config.train.seed, workdir)
+    if evaluate is None and config.run.eval_every_steps >= 0:
+      evaluate = CocoEvaluator(data.tfds_dir, config.run.eval_split, input_size,
+                               config.run.eval_max_images)
   steps_per_epoch = max(1, data.num_examples // global_batch)
   num_steps = total_steps(config, steps_per_epoch)
   tx = optim.make_optimizer(config.train, steps_per_epoch)
@@ -160,8 +175,7 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   if checkpointer.latest_step() is None:
     state = _fresh_state(config, spec, model, tx, input_size)
   else:  # Resume: the abstract state gives the structure, the checkpoint the values.
-    state, meta = checkpointer.restore(jax.eval_shape(
-        lambda: create_train_state(model, tx, input_size, jax.random.key(0))))
+    state, meta = checkpointer.restore(abstract_train_state(model, tx, input_size))
     _check_resumable(meta, spec, global_batch, checkpointer.directory)
   start = int(state.step)
   if is_main:
@@ -176,7 +190,19 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   progress = ProgressBar(start, num_steps, enabled=is_main)
   guard = _NonFiniteGuard(workdir, steps_per_epoch)
   throughput = _Throughput(global_batch)
-  best_ap = -np.inf
+  best_ap = checkpointer.best_ap()
+
+  def log(step: int, metrics: dict[str, jax.Array]) -> None:
+    done = step + 1
+    scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    rate = throughput.mark(done)
+    if rate is not None:
+      scalars["images_per_second"] = rate
+    scalars["learning_rate"] = float(schedule(step))
+    scalars["epoch"] = done / steps_per_epoch
+    writer.write(done, scalars)
+    progress.update(0, loss=scalars["loss"], lr=scalars["learning_rate"],
+                    **({"img/s": rate} if rate is not None else {}))
 
   def evaluate_and_save(host_state: TrainState, done: int) -> None:
     nonlocal best_ap
@@ -195,7 +221,7 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
     checkpointer.save(host_state, meta, metrics={"ap": result["ap"]} if result else None)
 
   step_key = lambda step, rng=state.rng: jax.random.fold_in(jax.random.wrap_key_data(rng), step)
-  rstate = flax.jax_utils.replicate(state)
+  rstate = step_lib.replicate(state)
   del state
   batches = data.batches(start)
   for step in range(start, num_steps):
@@ -208,20 +234,14 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
       jax.block_until_ready(metrics)
       throughput.mark(done)
     if done % config.run.log_every_steps == 0 or done == num_steps:
-      scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-      rate = throughput.mark(done)
-      if rate is not None:
-        scalars["images_per_second"] = rate
-      scalars["learning_rate"] = float(schedule(step))
-      scalars["epoch"] = done / steps_per_epoch
-      writer.write(done, scalars)
-      progress.update(0, loss=scalars["loss"], lr=scalars["learning_rate"],
-                      **({"img/s": rate} if rate is not None else {}))
+      log(step, metrics)
     progress.update(1)
     if done % config.run.checkpoint_every_steps == 0 or _eval_due(config, done, num_steps) or (
         done == num_steps):
       guard.check(keep=0)  # Never save a non-finite state.
+      started = time.perf_counter()
       evaluate_and_save(jax.device_get(flax.jax_utils.unreplicate(rstate)), done)
+      throughput.exclude(time.perf_counter() - started)
   guard.check(keep=0)
   progress.close()
   checkpointer.close()

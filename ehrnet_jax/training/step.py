@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ehrnet_jax import losses
@@ -58,7 +59,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Mod
   grads, (components, batch_stats) = jax.grad(loss_fn, has_aux=True)(trainable)
   metrics = {"loss": sum(components.values()), **components}
   if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
   metrics["grad_norm"] = optax.tree.norm(grads)
   grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -73,6 +74,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   """`train_step` with its static arguments bound (still un-jitted and pure)."""
   return functools.partial(train_step, model=model, tx=tx, weights=weights,
                            freeze_backbone=freeze_backbone, axis_name=axis_name)
+
+
+def replicate(tree: Any) -> Any:
+  """`tree` copied to every local device, with the layout the pmapped step gives its outputs.
+
+  (`flax.jax_utils.replicate` gives another sharding, so the step's second call recompiles.)
+  """
+  devices = jax.local_device_count()
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
+  return jax.pmap(lambda x: x, axis_name=AXIS)(stacked)
 
 
 def pmap_train_step(step_fn: StepFn, prepare: Callable[[Batch], Batch] | None = None) -> StepFn:

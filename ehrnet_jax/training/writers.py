@@ -26,6 +26,9 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    # What tf.summary.scalar writes, without needing the tensorboard package installed.
+    self._scalar_metadata = tf.compat.v1.SummaryMetadata()
+    self._scalar_metadata.plugin_data.plugin_name = "scalars"
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` (name -> number) at `step`."""
@@ -36,7 +39,8 @@ class MetricWriter:
     self._jsonl.flush()
     with self._summary.as_default():
       for name, value in scalars.items():
-        self._tf.summary.scalar(name, value, step=step)
+        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
+                               metadata=self._scalar_metadata)
     self._summary.flush()
 
   def close(self) -> None:

@@ -1,0 +1,57 @@
+"""`ehrnet train`: train (or resume training) a model from an experiment config."""
+
+import argparse
+import json
+
+EXAMPLE = """examples:
+  ehrnet train --config experiments/smoke.py --workdir /tmp/smoke
+  ehrnet train --config experiments/h-4.py --workdir runs/h-4 \\
+      --set data.coco_dir=~/data/coco --set data.tfds_dir=~/tensorflow_datasets/coco
+  ehrnet train --config experiments/h-4.py --workdir runs/h-4 --print-config
+
+Every config field can be overridden with --set SECTION.FIELD=VALUE (repeatable), e.g.
+--set train.epochs=10 --set train.lr_milestones=5,8 --set train.freeze_backbone=true.
+Running the same command again resumes from the latest checkpoint in --workdir.
+
+Multi-process (one command per host / process, same config and work dir):
+  ehrnet train ... --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   (and 1)
+  ehrnet train ... --distributed      (Cloud TPU pods, SLURM, Open MPI: detected by JAX)
+Set JAX_COMPILATION_CACHE_DIR=DIR to reuse compiled steps across restarts.
+"""
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "train", help="train a model from an experiment config (resumes from --workdir)",
+      description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, metavar="FILE",
+                      help="experiment config file, e.g. experiments/h-4.py")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="checkpoints, logs and the trained model go here")
+  parser.add_argument("--set", action="append", default=[], dest="overrides",
+                      metavar="KEY=VALUE", help="override a config field (repeatable)")
+  parser.add_argument("--print-config", action="store_true",
+                      help="print the resolved config as JSON and exit")
+  parser.add_argument("--coordinator", default="", metavar="HOST:PORT",
+                      help="address of process 0, for multi-process training")
+  parser.add_argument("--num-processes", type=int, default=0, help="with --coordinator")
+  parser.add_argument("--process-id", type=int, default=-1, help="with --coordinator")
+  parser.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run detected by JAX (TPU pods, SLURM, MPI)")
+  parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+  from ehrnet_jax.config import load_config
+  config = load_config(args.config, args.overrides)
+  if args.print_config:
+    print(json.dumps(config.to_dict(), indent=2))
+    return 0
+  from ehrnet_jax.training import distributed
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                         auto=args.distributed)
+  from ehrnet_jax.training import loop
+  state = loop.train(config, args.workdir)
+  print(json.dumps({"workdir": args.workdir, "step": int(state.step),
+                    "model": f"{args.workdir}/variables"}))
+  return 0

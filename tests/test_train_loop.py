@@ -1,0 +1,102 @@
+"""The training loop with the tiny net and synthetic batches: logs, checkpoints, resume, guard."""
+
+import json
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from ehrnet_jax import checkpoints
+from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
+from ehrnet_jax.training import loop
+from ehrnet_jax.training.checkpointing import Checkpointer
+from test_train_support import SyntheticData, TinyPoseNet
+
+SIZE = 32
+
+
+def _config(steps: int, **train) -> Config:
+  return Config(model=ModelConfig(variant="H-4", input_size=SIZE),
+                data=DataConfig(per_device_batch=2),
+                train=TrainConfig(steps=steps, **train),
+                run=RunConfig(log_every_steps=2, checkpoint_every_steps=1, keep_checkpoints=1,
+                              eval_every_steps=1))
+
+
+class _ScriptedAP:
+  """An evaluation hook returning a fixed AP sequence, one value per call."""
+
+  def __init__(self, values):
+    self.values, self.calls = list(values), 0
+
+  def __call__(self, variables, spec):
+    self.calls += 1
+    return {"ap": self.values[self.calls - 1], "ar": 0.0}
+
+
+def _tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
+  scalars = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+  return scalars
+
+
+def test_logs_checkpoints_best_and_resume(tmp_path):
+  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)  # 4 steps per epoch
+  aps = [0.1, 0.5, 0.2, 0.3, 0.05, 0.0, 0.4, 0.45]
+  evaluate = _ScriptedAP(aps)
+  state = loop.train(_config(6, lr_milestones=(1.0,)), str(tmp_path), data=data,
+                     evaluate=evaluate, model=TinyPoseNet())
+  assert int(state.step) == 6 and evaluate.calls == 6
+
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = {r["step"]: r for r in rows if "loss" in r}
+  assert sorted(train_rows) == [2, 4, 6]
+  for row in train_rows.values():
+    parts = row["heatmap_4"] + row["heatmap_2"] + row["pull"] + row["push"]
+    assert row["loss"] == pytest.approx(parts, rel=1e-5)
+    assert row["images_per_second"] > 0
+  # Step 2 ran step index 1 (epoch 0): 1e-3; step 6 ran index 5 (epoch 1, after the milestone).
+  assert train_rows[2]["learning_rate"] == pytest.approx(1e-3)
+  assert train_rows[6]["learning_rate"] == pytest.approx(1e-4)
+  assert [r["eval/ap"] for r in rows if "eval/ap" in r] == aps[:6]
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert scalars[("loss", 4)] == pytest.approx(train_rows[4]["loss"], rel=1e-6)
+  assert scalars[("eval/ap", 2)] == pytest.approx(0.5)
+
+  # Kept: the latest checkpoint and the best by AP (step 2).
+  checkpointer = Checkpointer(tmp_path / "checkpoints", keep=1)
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == [2, 6]
+  assert checkpointer.best_step() == 2
+  assert checkpoints.read_spec(tmp_path / "best").name == "H-4"
+  final = ocp.StandardCheckpointer().restore(tmp_path / "variables" / "variables")
+  np.testing.assert_array_equal(final["params"]["head_4"]["kernel"],
+                                state.params["head_4"]["kernel"])
+
+  # The same command with more steps resumes at step 6 (no re-initialisation, no replay).
+  resumed = loop.train(_config(8, lr_milestones=(1.0,)), str(tmp_path), data=data,
+                       evaluate=evaluate, model=TinyPoseNet())
+  assert int(resumed.step) == 8 and evaluate.calls == 8
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
+  # APs 0.4 and 0.45 after the resume do not beat step 2's 0.5: best/ is still step 2's.
+  best = json.loads((tmp_path / "best" / checkpoints.METADATA_FILE).read_text())
+  assert best["source"].endswith("step 2")
+
+
+def test_non_finite_loss_stops_naming_step_and_batch(tmp_path):
+  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)
+  with pytest.raises(loop.NonFiniteLossError) as error:
+    loop.train(_config(6, learning_rate=1e30), str(tmp_path), data=data, model=TinyPoseNet())
+  message = str(error.value)
+  bad_step = int(message.split("optimiser step ")[1].split(" ")[0])
+  assert f"batch {bad_step % 4} of epoch {bad_step // 4}" in message
+  saved = np.load(tmp_path / f"nonfinite_step_{bad_step}.npz")
+  np.testing.assert_array_equal(saved["image"], data.batch(bad_step)["image"])
+  # No checkpoint holds the step that produced the non-finite loss, or a later one.
+  assert all(int(p.name) <= bad_step for p in (tmp_path / "checkpoints").iterdir()
+             if p.name.isdigit())
