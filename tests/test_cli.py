@@ -1,11 +1,15 @@
 """The `ehrnet` command line: help pages, the demo (README command 1) and clear errors."""
 
+import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from ehrnet_jax.cli import build_parser, main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_every_sub_command_has_help_with_an_example():
@@ -22,11 +26,18 @@ def test_help_does_not_import_jax():
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_demo_converts_the_bundled_weights_and_finds_people(tmp_path, capsys):
-  assert main(["demo", "--workdir", str(tmp_path)]) == 0
-  out = capsys.readouterr().out
-  assert (tmp_path / "H-4_reference" / "ehrnet.json").is_file()
-  assert "people found" in out and "000000000790.jpg (640x422)" in out
+def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch):
+  """README command 1, shortened to one training step."""
+  monkeypatch.chdir(REPO)
+  workdir = tmp_path / "demo"
+  assert main(["demo", "--workdir", str(workdir), "--set", "train.steps=1"]) == 0
+  assert (workdir / "H-4_reference" / "ehrnet.json").is_file()
+  metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+  assert {"AP", "AP50", "AR"} <= set(metrics) and metrics["num_images"] == 7
+  predictions = json.loads((workdir / "predict" / "predictions.json").read_text())
+  assert isinstance(predictions, list)
+  assert len(list((workdir / "predict").glob("*.jpg"))) == 7
+  assert "done: everything is in" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [
