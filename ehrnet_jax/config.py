@@ -19,6 +19,7 @@ import typing
 from typing import Any, Sequence
 
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.losses import LossWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +47,6 @@ class DataConfig:
   max_scale: float = 1.5
   max_translate: float = 40.0  # Pixels (times the scale).
   flip_probability: float = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """Weights of the loss terms (the reference: 1, 1, 1e-3, 1e-3)."""
-  heatmap_4: float = 1.0
-  heatmap_2: float = 1.0
-  pull: float = 1e-3
-  push: float = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +90,7 @@ class Config:
   """Everything a training run needs; `experiments/*.py` return one of these."""
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
-  loss: LossConfig = LossConfig()
+  loss: LossWeights = LossWeights()
   train: TrainConfig = TrainConfig()
   init: InitConfig = InitConfig()
   run: RunConfig = RunConfig()

@@ -31,7 +31,6 @@ import numpy as np
 from ehrnet_jax import checkpoints
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.losses import LossWeights
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training import optim, step as step_lib
@@ -184,7 +183,7 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
 
   from ehrnet_jax.data import targets  # TensorFlow-free, but only needed from here on.
   p_step = step_lib.pmap_train_step(step_lib.make_train_step(
-      model, tx, LossWeights(**dataclasses.asdict(config.loss)), config.train.freeze_backbone,
+      model, tx, config.loss, config.train.freeze_backbone,
       axis_name=step_lib.AXIS), prepare=targets.prepare_batch)
   writer = MetricWriter(workdir, enabled=is_main)
   progress = ProgressBar(start, num_steps, enabled=is_main)
