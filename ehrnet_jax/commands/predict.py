@@ -6,11 +6,15 @@ EXAMPLE = """example:
   ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict photo.jpg
   ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict \\
       photos/ clip.mp4 --threshold 0.2 --min-score 0.1
+  ehrnet predict --backend onnx h4.onnx photos/ --out runs/predict    # no JAX needed
 
 Writes OUT/predictions.json (COCO result entries plus "file_name" and, for videos, "frame"), and
 for each input a drawing with one colour per person: OUT/<name>.jpg for images, OUT/<name>.mp4 for
 videos. Folders are searched recursively for images and videos. Grayscale and RGBA images are
-converted to RGB; unreadable files stop the run with an error naming them."""
+converted to RGB; unreadable files stop the run with an error naming them. With --backend onnx
+the model is an `ehrnet export --format onnx` file, given with --checkpoint or as the first
+INPUT; it runs with onnxruntime (--device cpu, cuda or tensorrt) and needs images whose
+test-time size fits its exported --size."""
 
 
 def register(subparsers) -> None:
@@ -18,11 +22,14 @@ def register(subparsers) -> None:
       "predict", help="poses on images/folders/videos: JSON and drawn skeletons",
       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, video or folder")
-  parser.add_argument("--variant", required=True, help="H0, H-1, ..., H-4 or phi=<number>; "
-                      "must match the checkpoint")
-  parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+  parser.add_argument("--variant", help="H0, H-1, ..., H-4 or phi=<number>; must match the "
+                      "checkpoint (required with --backend jax)")
+  parser.add_argument("--checkpoint", help="checkpoint directory (jax) or .onnx file (onnx)")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--backend", choices=["jax"], default="jax", help="network runtime")
+  parser.add_argument("--backend", choices=["jax", "onnx"], default="jax",
+                      help="network runtime: jax (checkpoint) or onnx (onnxruntime, no JAX)")
+  parser.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                      help="onnx: onnxruntime execution provider (default cpu)")
   parser.add_argument("--threshold", type=float, default=0.1,
                       help="draw joints whose confidence exceeds this (default 0.1)")
   parser.add_argument("--min-score", type=float, default=0.0,
@@ -40,10 +47,29 @@ def run(args) -> int:
   from ehrnet_jax import predict
   from ehrnet_jax.commands.evaluate import parse_scales
   # pylint: enable=import-outside-toplevel
-  files = predict.collect_inputs(args.inputs)   # bad paths fail before the model loads
-  estimator = inference.jax_estimator(args.checkpoint, args.variant, parse_scales(args.scales),
-                                      not args.no_flip)
+  model, inputs = _model_and_inputs(args)
+  files = predict.collect_inputs(inputs)   # bad paths fail before the model loads
+  if args.backend == "onnx":
+    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
+    estimator = onnx_runtime.onnx_estimator(model, args.variant, parse_scales(args.scales),
+                                            not args.no_flip, args.device)
+  else:
+    estimator = inference.jax_estimator(model, args.variant, parse_scales(args.scales),
+                                        not args.no_flip)
   entries = predict.predict(estimator, files, args.out, args.threshold, args.min_score,
                             args.batch_size, draw=not args.no_draw)
   print(f"{len(entries)} people in {len(files)} input(s); wrote {args.out}/predictions.json")
   return 0
+
+
+def _model_and_inputs(args) -> tuple[str, list[str]]:
+  """The model (--checkpoint, or for onnx a first INPUT ending in .onnx) and the inputs."""
+  from ehrnet_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  inputs = list(args.inputs)
+  model = args.checkpoint
+  if model is None and args.backend == "onnx" and inputs[0].lower().endswith(".onnx"):
+    model = inputs.pop(0)
+  if model is None or (args.backend == "jax" and args.variant is None) or not inputs:
+    raise UserError("give --variant and --checkpoint DIR (--backend jax), or the .onnx model "
+                    "(--backend onnx: --checkpoint FILE or first INPUT), then the inputs")
+  return model, inputs

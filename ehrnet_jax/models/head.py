@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import (BasicBlock, BatchNorm, Conv, Dtype, aligned, pad_channels,
-                                     small_normal)
+from ehrnet_jax.models.layers import (BasicBlock, BatchNorm, Conv, ConvTranspose, Dtype, aligned,
+                                     pad_channels)
 
 
 class HigherResolutionHead(nn.Module):
@@ -27,9 +27,7 @@ class HigherResolutionHead(nn.Module):
                  dtype=self.dtype, name="final_4")(x)                    # (B, H/4, W/4, 2J)
     y = jnp.concatenate([x[..., :self.in_features], out_4], axis=-1)
     # Equals PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): output exactly 2x the input.
-    y = nn.ConvTranspose(self.width, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                         transpose_kernel=True, use_bias=False, kernel_init=small_normal,
-                         dtype=self.dtype, name="deconv")(y)
+    y = ConvTranspose(self.width, 4, 2, ((2, 2), (2, 2)), dtype=self.dtype, name="deconv")(y)
     y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
     y = pad_channels(y, aligned(self.width, self.align))
     for k in range(self.num_blocks):

@@ -157,6 +157,29 @@ class Conv(nn.Module):
     return "shifted"
 
 
+class ConvTranspose(nn.Module):
+  """Transposed convolution (no bias) with PyTorch's kernel layout and padding convention.
+
+  kernel (k, k, C_out, C_in), i.e. torch's (C_in, C_out, k, k) transposed (2, 3, 1, 0); with
+  `padding` p_t, equals `torch.nn.ConvTranspose2d(k, stride, p_t)` for `padding = k - 1 - p_t`.
+  Written with `lax.conv_transpose` so that exporters see the plain primitive.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: Padding
+  kernel_init: Any = small_normal
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size,
+                                                     self.features, x.shape[-1]))
+    return jax.lax.conv_transpose(
+        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+
 class ConvBN(nn.Module):
   """Convolution, batch norm, optional activation. In evaluation the BN is folded into the
   convolution's kernel and bias (one pass over the output instead of two). `in_features` and

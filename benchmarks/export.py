@@ -1,0 +1,174 @@
+"""Export parity and latency: ONNX (onnxruntime CPU) and the jitted JAX model, per variant.
+
+For each variant: export ONNX at the variant's square input size with batch 1 (static) and at
+the test-time size of a sample photo with a dynamic batch; report the max abs error of every
+output against the JAX model (batch 1 and a flip-test batch of 2), whether the people found on
+the photo are the same (decoding + grouping on the host), the operator counts, and the median
+batch-1 latency of onnxruntime (CPU) and of the jitted JAX model (its fastest CPU form). The
+errors are against the JAX model as exported (grouped depthwise convs); "joints moved" is the
+share of joints of the people found on the photo (same count, same order) that land more than
+1e-3 px away from where the JAX network puts them (float32 near-ties on random-weight maps).
+
+  python benchmarks/export.py --variants H-4,H-3 --repeats 10
+  python benchmarks/export.py --variants H-4 --checkpoint /tmp/ckpt_h4     # trained weights
+
+Without --checkpoint: the fixture weights where `--reference-dir` has them (H-4, H-2), else
+PyTorch-like random weights (latency does not depend on them; parity is measured at realistic
+output magnitudes).
+With --tensorrt (on a GPU machine with trtexec), FP32 and FP16 engines are built from the
+batch-1 ONNX and timed by trtexec.
+"""
+
+import argparse
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnxruntime
+
+from ehrnet_jax import checkpoints, convert, inference, keypoints, samples, transforms
+from ehrnet_jax.export import network, onnx as onnx_export, tensorrt
+from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.onnx_runtime import OnnxNetwork
+from ehrnet_jax.scaling import ScalingSpec
+
+
+def variables_for(spec, checkpoint, reference_dir):
+  """A checkpoint's weights, else the fixture's (the authors' model, random weights), else
+  `torch_like_random` weights."""
+  if checkpoint:
+    return checkpoints.load_variables(checkpoint, spec)[0]
+  fixture = pathlib.Path(reference_dir) / f"{spec.name}_state_dict.npz"
+  if fixture.is_file():
+    return convert.convert_state_dict(convert.load_state_dict(fixture), spec)
+  size = spec.input_size
+  variables = jax.jit(lambda key: EfficientHRNet(spec).init(
+      key, jnp.zeros((1, size, size, 3)), train=False))(jax.random.key(0))
+  return torch_like_random(variables)
+
+
+def torch_like_random(variables, seed=0):
+  """Every weight redrawn like PyTorch's default init (uniform, bound 1/sqrt(fan in)), BN
+  statistics and affine terms around their neutral values: outputs of order 1-10 like the
+  fixture's, where the model's own init (N(0, 0.001) in the HRNet and head) gives ~1e-17."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if leaf.ndim > 1:
+      bound = 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+      return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+    low, high = {"scale": (0.5, 1.5), "var": (0.5, 1.5)}.get(name, (-0.1, 0.1))
+    return rng.uniform(low, high, leaf.shape).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+def median_ms(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def max_errors(onnx_outputs, jax_outputs):
+  return max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(onnx_outputs, jax_outputs))
+
+
+def people_agreement(a, b, atol=1e-3):
+  """(same number of people, fraction of joints more than `atol` px apart) of two `Poses`."""
+  if a.people.shape != b.people.shape:
+    return False, 1.0
+  moved = np.abs(a.people[..., :2] - b.people[..., :2]).max(-1) > atol
+  return True, float(moved.mean()) if moved.size else 0.0
+
+
+def run_variant(name, checkpoint, reference_dir, repeats, tmp, use_tensorrt):
+  spec = ScalingSpec.from_name(name)
+  variables = variables_for(spec, checkpoint, reference_dir)
+  size = spec.input_size
+  model = EfficientHRNet(spec, depthwise="conv")
+  exact = jax.jit(lambda x: model.apply(variables, x, train=False))
+  fastest = jax.jit(lambda x: EfficientHRNet(spec).apply(variables, x, train=False))
+  rng = np.random.default_rng(0)
+
+  start = time.perf_counter()
+  static = onnx_export.export_onnx(spec, variables, network.ExportOptions((size, size), 1))
+  export_s = time.perf_counter() - start
+  static_path = onnx_export.save(static, tmp / f"{name}_b1.onnx")
+  x1 = rng.normal(size=(1, size, size, 3)).astype(np.float32)
+  session = onnxruntime.InferenceSession(str(static_path), providers=["CPUExecutionProvider"])
+  static_error = max_errors(session.run(None, {"images": x1}), exact(x1))
+
+  image = inference.read_image(samples.images()[0])
+  warp = transforms.pyramid_sizes(image.shape[1::-1], size, (1.0,))[0][1].size_wh
+  dynamic = onnx_export.export_onnx(spec, variables, network.ExportOptions(warp[::-1]))
+  dynamic_path = onnx_export.save(dynamic, tmp / f"{name}_dynamic.onnx")
+  onnx_net = OnnxNetwork(dynamic_path)
+  x2 = rng.normal(size=(2, warp[1], warp[0], 3)).astype(np.float32)
+  dynamic_error = max_errors(onnx_net(x2), exact(x2))
+  flip = keypoints.COCO.flip_index
+  people = [inference.PoseEstimator(inference.HostDecoder(backend, flip), size)([image])[0]
+            for backend in (onnx_net, lambda x: tuple(map(np.asarray, exact(x))))]
+  same_count, moved = people_agreement(*people)
+
+  row = {"variant": name, "size": f"{size}x{size}", "export_s": export_s,
+         "err_static_b1": static_error, "err_dynamic_b2": dynamic_error,
+         "people": len(people[0].scores), "same_count": same_count, "moved": moved,
+         "onnx_ms": median_ms(lambda: session.run(None, {"images": x1}), repeats),
+         "jax_ms": median_ms(lambda: jax.block_until_ready(fastest(x1)), repeats),
+         "ops": onnx_export.operator_counts(static)}
+  if use_tensorrt:
+    row["tensorrt"] = {p: trtexec_figures(static_path, tmp / f"{name}_{p}.engine", p)
+                       for p in tensorrt.PRECISIONS}
+  return row
+
+
+def trtexec_figures(onnx_path, engine_path, precision):
+  """Builds and times an engine with trtexec: median GPU compute ms and throughput (qps)."""
+  command = tensorrt.trtexec_command(onnx_path, engine_path, precision) + [
+      "--useCudaGraph", "--noDataTransfers", "--iterations=500", "--warmUp=2000"]
+  log = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  median = re.search(r"GPU Compute Time: .*?median = ([\d.]+) ms", log)
+  throughput = re.search(r"Throughput: ([\d.]+) qps", log)
+  return {"median_ms": float(median[1]), "fps": float(throughput[1])}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--variants", default="H-4,H-3,H-2,H-1,H0")
+  parser.add_argument("--checkpoint", help="checkpoint directory (one variant only)")
+  parser.add_argument("--reference-dir", default="../shared/fixtures/reference",
+                      help="where <variant>_state_dict.npz fixtures are (used if present)")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--tensorrt", action="store_true", help="also time TensorRT engines")
+  args = parser.parse_args()
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, device {jax.devices()[0].device_kind}")
+  print("| variant | size | export s | max err b1 static | max err b2 dynamic | people (same "
+        "count) | joints moved | onnxruntime ms | JAX jit ms |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  with tempfile.TemporaryDirectory(prefix="export_bench_") as tmp:
+    for name in args.variants.split(","):
+      row = run_variant(name, args.checkpoint, args.reference_dir, args.repeats,
+                        pathlib.Path(tmp), args.tensorrt)
+      print(f"| {row['variant']} | {row['size']} | {row['export_s']:.0f} | "
+            f"{row['err_static_b1']:.1e} | {row['err_dynamic_b2']:.1e} | {row['people']} "
+            f"({row['same_count']}) | {100 * row['moved']:.2f}% | {row['onnx_ms']:.1f} | "
+            f"{row['jax_ms']:.1f} |", flush=True)
+      print(f"<!-- {name} operators: {row['ops']} {row.get('tensorrt', '')} "
+            f"load {os.getloadavg()} -->", flush=True)
+
+
+if __name__ == "__main__":
+  main()

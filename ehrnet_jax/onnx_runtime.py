@@ -1,0 +1,121 @@
+"""Running an exported ONNX model with onnxruntime; no JAX import anywhere on this path.
+
+`OnnxNetwork` wraps an `onnxruntime.InferenceSession` of a model written by
+`ehrnet export --format onnx` and reads its metadata. Called with normalised float32 NHWC images
+it returns the three NHWC maps: the `inference.Backend` that `inference.HostDecoder` expects,
+whatever the model's layout and batch. The model's spatial size is fixed at export: smaller
+inputs (the test-time warp of a photo) are padded at the bottom/right with black, as
+`decode.JaxDecoder(bucket=...)` does, and the outputs cropped; larger inputs are an error that
+says which `--size` to export. `onnx_estimator` builds the whole `PoseEstimator`.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import onnxruntime
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from ehrnet_jax import group
+from ehrnet_jax import images as images_lib
+from ehrnet_jax import inference
+from ehrnet_jax import keypoints as keypoints_lib
+from ehrnet_jax.errors import UserError
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """The metadata `ehrnet export` stores in the model (keys `ehrnet.*`)."""
+  variant: str
+  input_size: int                 # the variant's training size: sets the test-time warp
+  image_hw: tuple[int, int]       # the network input the graph was exported for
+  batch: int | None               # None: dynamic
+  layout: str                     # "NHWC" or "NCHW", input and outputs
+
+  @classmethod
+  def from_metadata(cls, props: dict[str, str], path) -> "ModelInfo":
+    try:
+      h, w = (int(v) for v in props["ehrnet.image_hw"].split("x"))
+      batch = props["ehrnet.batch"]
+      return cls(props["ehrnet.variant"], int(props["ehrnet.input_size"]), (h, w),
+                 None if batch == "dynamic" else int(batch), props["ehrnet.layout"])
+    except (KeyError, ValueError) as error:
+      raise UserError(f"{path}: not an ONNX model written by `ehrnet export` (metadata "
+                      f"{error} missing or malformed); export it with `ehrnet export --format "
+                      "onnx`") from None
+
+
+def session_providers(device: str) -> list[str]:
+  """Execution providers for `device` ("cpu", "cuda", "tensorrt"), those available, in order."""
+  if device not in PROVIDERS:
+    raise UserError(f"--device must be one of {', '.join(PROVIDERS)}; got {device!r}")
+  available = set(onnxruntime.get_available_providers())
+  wanted = PROVIDERS[device]
+  if wanted[0] not in available:
+    raise UserError(f"--device {device}: onnxruntime here has no {wanted[0]} (available: "
+                    f"{', '.join(sorted(available))}); install onnxruntime-gpu or use --device cpu")
+  return [p for p in wanted if p in available]
+
+
+class OnnxNetwork:
+  """An exported model as an `inference.Backend`: float32 NHWC images -> NHWC maps."""
+
+  def __init__(self, path, device: str = "cpu"):
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise UserError(f"{path}: no such ONNX file")
+    try:
+      self.session = onnxruntime.InferenceSession(str(path), providers=session_providers(device))
+    except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph) as error:
+      raise UserError(f"{path}: onnxruntime cannot load this file ({error})") from None
+    self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+    self.path = path
+
+  def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b, h, w, _ = images.shape
+    (model_h, model_w), batch = self.info.image_hw, self.info.batch
+    if h > model_h or w > model_w:
+      raise UserError(f"{self.path} takes images up to {model_w}x{model_h} (WxH) but this one "
+                      f"needs {w}x{h}; export with a larger `--size` (HxW, e.g. "
+                      f"--size {max(h, model_h)}x{max(w, model_w)})")
+    x = np.broadcast_to(images_lib.normalize(np.zeros((1, 1, 1, 3), np.uint8)),
+                        (b, model_h, model_w, 3)).copy()   # normalised black
+    x[:, :h, :w] = images
+    step = batch or b
+    chunks = [self._run(x[i:i + step]) for i in range(0, b, step)]
+    outputs = [np.concatenate(maps)[:b] for maps in zip(*chunks)]
+    return (outputs[0][:, :h // 4, :w // 4], outputs[1][:, :h // 4, :w // 4],
+            outputs[2][:, :h // 2, :w // 2])
+
+  def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    """One session run on at most the model's batch (padded to it when static), NHWC maps."""
+    count = len(x)
+    if self.info.batch and count < self.info.batch:
+      x = np.concatenate([x, np.zeros((self.info.batch - count, *x.shape[1:]), x.dtype)])
+    if self.info.layout == "NCHW":
+      x = x.transpose(0, 3, 1, 2)
+    outputs = self.session.run(None, {self.session.get_inputs()[0].name:
+                                      np.ascontiguousarray(x)})
+    if self.info.layout == "NCHW":
+      outputs = [o.transpose(0, 2, 3, 1) for o in outputs]
+    return [o[:count] for o in outputs]
+
+
+def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool = True,
+                   device: str = "cpu",
+                   config: group.GroupingConfig = group.GroupingConfig()
+                   ) -> inference.PoseEstimator:
+  """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it."""
+  network = OnnxNetwork(path, device)
+  if variant is not None and variant != network.info.variant:
+    raise UserError(f"{path} holds variant {network.info.variant}, not {variant}; pass "
+                    f"--variant {network.info.variant} or another model")
+  keypoint_set = keypoints_lib.COCO
+  decoder = inference.HostDecoder(network, keypoint_set.flip_index if flip else None)
+  return inference.PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config)

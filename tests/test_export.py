@@ -1,0 +1,205 @@
+"""`ehrnet export`: ONNX and SavedModel graphs match the JAX model; TensorRT's message where
+there is no GPU; bad flags."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from ehrnet_jax import checkpoints
+from ehrnet_jax import cli
+from ehrnet_jax import images as images_lib
+from ehrnet_jax import onnx_runtime
+from ehrnet_jax import samples
+from ehrnet_jax.errors import UserError
+from ehrnet_jax.export import network
+from ehrnet_jax.export import onnx as onnx_export
+from ehrnet_jax.export import tensorrt
+from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.scaling import ScalingSpec
+
+SPEC = ScalingSpec.from_name("H-4")
+# Operators the exported graph may use (all in the default ONNX domain).
+STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Div", "Gemm",
+                "ReduceSum", "Reshape", "Transpose", "Expand", "Concat", "Slice", "Shape",
+                "Gather", "Unsqueeze", "Squeeze", "Pad"}
+
+
+def jax_outputs(variables, images):
+  """The model as exported (grouped depthwise convs), NHWC, as NumPy."""
+  apply = jax.jit(lambda x: EfficientHRNet(SPEC, depthwise="conv").apply(variables, x,
+                                                                          train=False))
+  return [np.asarray(o) for o in apply(images)]
+
+
+def assert_close(found, expected):
+  """Float32 agreement: max abs error <= 3e-5 x the largest output (1e-4 at |outputs| <= 3).
+
+  The bundled random weights give outputs up to ~15 at 384x576; JAX's own two depthwise
+  implementations (shifted slices vs grouped conv) differ by 6e-6 of that, onnxruntime by up to
+  1.8e-5 (measured). A wrong graph is off by O(1).
+  """
+  np.testing.assert_allclose(found, expected, rtol=0, atol=3e-5 * max(np.abs(expected).max(), 3))
+
+
+@pytest.fixture(scope="module")
+def h4_checkpoint(h4_variables, tmp_path_factory):
+  return checkpoints.save_variables(tmp_path_factory.mktemp("export") / "ckpt", h4_variables,
+                                    SPEC)
+
+
+@pytest.fixture(scope="module")
+def h4_onnx(h4_checkpoint, tmp_path_factory):
+  """H-4 exported by the CLI at 384x576 (HxW, a landscape photo's test size), dynamic batch."""
+  path = tmp_path_factory.mktemp("export") / "h4.onnx"
+  assert cli.main(["export", "--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--format",
+                   "onnx", "--size", "384x576", "--out", str(path)]) == 0
+  return path
+
+
+def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
+  model = onnx.load(str(h4_onnx))
+  onnx.checker.check_model(model, full_check=True)
+  assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+  ops = {node.op_type for node in model.graph.node}
+  assert ops <= STANDARD_OPS and {"Conv", "ConvTranspose"} <= ops, ops
+  assert all(node.domain == "" for node in model.graph.node)
+  dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+          for value in [*model.graph.input, *model.graph.output]]
+  assert dims == [["batch", 384, 576, 3], ["batch", 96, 144, 17], ["batch", 96, 144, 17],
+                  ["batch", 192, 288, 17]]
+  props = {p.key: p.value for p in model.metadata_props}
+  assert props["ehrnet.variant"] == "H-4" and props["ehrnet.input_size"] == "384"
+  assert (props["ehrnet.image_hw"], props["ehrnet.batch"], props["ehrnet.layout"]) == (
+      "384x576", "dynamic", "NHWC")
+  assert props["ehrnet.outputs"] == "heatmaps_4,tags_4,heatmaps_2"
+
+
+def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
+  session = onnxruntime.InferenceSession(str(h4_onnx), providers=["CPUExecutionProvider"])
+  images = np.random.default_rng(0).normal(size=(2, 384, 576, 3)).astype(np.float32)
+  expected = jax_outputs(h4_variables, images)
+  for batch in (images, images[1:]):
+    found = session.run(None, {"images": batch})
+    for f, e in zip(found, expected):
+      assert_close(f, e[-len(batch):])
+
+
+def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path):
+  """Batch 1, NCHW, opset 18: the runtime splits a batch of 2, pads smaller images with black."""
+  options = network.ExportOptions((128, 96), batch=1, layout="NCHW")
+  model = onnx_export.export_onnx(SPEC, h4_variables, options, opset=18)
+  assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 128, 96]
+  assert not {node.op_type for node in model.graph.node} & {"BatchNormalization", "Sqrt"}
+  backend = onnx_runtime.OnnxNetwork(onnx_export.save(model, tmp_path / "h4.onnx"))
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (2, 96, 64, 3), np.uint8)
+  padded = np.zeros((2, 128, 96, 3), np.uint8)
+  padded[:, :96, :64] = images
+  expected = jax_outputs(h4_variables, images_lib.normalize(padded))
+  found = backend(images_lib.normalize(images))
+  for f, e, stride in zip(found, expected, (4, 4, 2)):
+    assert_close(f, e[:, :96 // stride, :64 // stride])
+
+
+def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "saved"
+  assert cli.main(["export", "--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--format",
+                   "savedmodel", "--size", "128x96", "--out", str(out)]) == 0
+  serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+  assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, 128, 96, 3]
+  images = np.random.default_rng(2).normal(size=(3, 128, 96, 3)).astype(np.float32)
+  found = serve(images=tf.constant(images))
+  variables, _ = checkpoints.load_variables(h4_checkpoint)
+  for name, expected in zip(network.OUTPUT_NAMES, jax_outputs(variables, images)):
+    assert_close(found[name].numpy(), expected)
+  metadata = json.loads((out / "assets.extra" / "ehrnet.json").read_text())
+  assert metadata["ehrnet.variant"] == "H-4" and metadata["ehrnet.image_hw"] == "128x96"
+
+
+def test_tensorrt_without_gpu_says_what_to_run(h4_onnx, tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(tensorrt.importlib.util, "find_spec", lambda name: None)
+  monkeypatch.setattr(tensorrt.shutil, "which", lambda name: None)
+  engine = tmp_path / "h4.engine"
+  with pytest.raises(UserError, match="TensorRT is not available") as error:
+    tensorrt.build_engine(h4_onnx, engine, "fp16", max_batch=2)
+  assert (f"trtexec --onnx={h4_onnx} --saveEngine={engine} --fp16 "
+          "--minShapes=images:1x384x576x3 --optShapes=images:2x384x576x3 "
+          "--maxShapes=images:2x384x576x3") in str(error.value)
+  assert cli.main(["export", "--format", "tensorrt", "--onnx", str(h4_onnx), "--precision",
+                   "fp32", "--out", str(engine)]) == 2
+  assert "docs/deployment.md" in capsys.readouterr().err and not engine.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "100x96"], "multiples of 32"),
+    (["--size", "384"], "HxW"),
+    (["--batch", "0"], "positive integer"),
+    (["--opset", "13"], "--opset 13"),
+])
+def test_bad_export_flags_are_named(h4_checkpoint, tmp_path, flags, message, capsys):
+  assert cli.main(["export", "--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--format",
+                   "onnx", "--out", str(tmp_path / "m.onnx"), *flags]) == 2
+  assert message in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_checks_the_variant(h4_checkpoint, tmp_path, capsys):
+  assert cli.main(["export", "--variant", "H-3", "--checkpoint", str(h4_checkpoint), "--format",
+                   "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+  assert "holds variant H-4" in capsys.readouterr().err
+
+
+def _predict(args):
+  return cli.main(["predict", "--no-draw", *args])
+
+
+def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mini_dir, tmp_path):
+  """Photos whose test size is the exported 576x384: the same people as the JAX backend.
+
+  The bundled random weights find ~500 "people" per photo on noisy maps, where near-ties
+  abound: float32 noise moves 0.2% of the joints to another pixel (measured; JAX's own host and
+  device decoders, fed the same network outputs, disagree on 0.04%). Everything else is equal
+  within 1e-3 px; a wrong model or decoding would move most joints.
+  """
+  images = [str(coco_mini_dir / "train2017" / name)
+            for name in ("000000183872.jpg", "000000030752.jpg")]
+  assert _predict(["--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--out",
+                   str(tmp_path / "jax"), *images]) == 0
+  assert _predict(["--backend", "onnx", "--out", str(tmp_path / "onnx"), str(h4_onnx),
+                   *images]) == 0
+  jax_entries, onnx_entries = (json.loads((tmp_path / b / "predictions.json").read_text())
+                               for b in ("jax", "onnx"))
+  assert len(onnx_entries) == len(jax_entries) > 0
+  assert [(e["image_id"], e["file_name"]) for e in onnx_entries] == [
+      (e["image_id"], e["file_name"]) for e in jax_entries]
+  assert {e["image_id"] for e in jax_entries} == {1, 2}
+  np.testing.assert_allclose([e["score"] for e in onnx_entries],
+                             [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-4)
+  found, expected = (np.array([e["keypoints"] for e in entries]).reshape(-1, 17, 3)
+                     for entries in (onnx_entries, jax_entries))
+  moved = np.abs(found[..., :2] - expected[..., :2]).max(-1) > 1e-3
+  assert moved.mean() < 0.005, moved.mean()
+
+
+def test_onnx_predict_path_never_imports_jax(h4_onnx, tmp_path):
+  image = next(p for p in samples.images() if p.name == "000000129648.jpg")   # 576x384 test size
+  code = ("import sys; from ehrnet_jax import cli; "
+          f"code = cli.main(['predict', '--backend', 'onnx', {str(h4_onnx)!r}, {str(image)!r}, "
+          f"'--out', {str(tmp_path)!r}]); "
+          "assert code == 0, code; assert 'jax' not in sys.modules, 'jax imported'")
+  subprocess.run([sys.executable, "-c", code], check=True)
+  entries = json.loads((tmp_path / "predictions.json").read_text())
+  assert entries and (tmp_path / "000000129648.jpg").is_file()
+
+
+def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
+  portrait = next(p for p in samples.images() if p.name == "000000256353.jpg")  # 384x448 (WxH)
+  assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--out",
+                   str(tmp_path)]) == 2
+  assert "export with a larger `--size` (HxW, e.g. --size 448x576)" in capsys.readouterr().err
