@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations, augment, coco_tfds, pipeline, targets
 
 SIGMA = targets.SIGMA
@@ -88,7 +89,7 @@ def stage_times(data_dir, size: int) -> dict[str, float]:
   builder = pipeline.load_builder(data_dir)
   skip = {"image": tfds.decode.SkipDecoding()}
   records = list(tfds.as_numpy(builder.as_dataset("train", decoders=skip)))
-  images = [pipeline.decode_image(r["image"]) for r in records]
+  images = [images_lib.decode_image(r["image"]) for r in records]
   masks = [annotations.decode_mask(r["ignore_mask_rle"], *i.shape[:2])
            for r, i in zip(records, images)]
   rng = np.random.default_rng(0)
@@ -108,7 +109,7 @@ def stage_times(data_dir, size: int) -> dict[str, float]:
   one = {k: v[None] for k, v in outs[0].items()}
   jax.block_until_ready(jax_fn(one))
   times = {
-      "decode_jpeg": per_image_ms(lambda i: pipeline.decode_image(records[i]["image"]), index),
+      "decode_jpeg": per_image_ms(lambda i: images_lib.decode_image(records[i]["image"]), index),
       "ignore_mask_rle": per_image_ms(
           lambda i: annotations.decode_mask(records[i]["ignore_mask_rle"], *masks[i].shape),
           index),

@@ -17,6 +17,7 @@ import numpy as np
 import tqdm
 
 from ehrnet_jax import coco_results
+from ehrnet_jax import images as images_lib
 from ehrnet_jax import inference
 from ehrnet_jax.errors import UserError
 
@@ -69,7 +70,7 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
 
   def images():
     for record in tfds.as_numpy(records):
-      yield int(record["image_id"]), cv2.cvtColor(pipeline.decode_image(record["image"]),
+      yield int(record["image_id"]), cv2.cvtColor(images_lib.decode_image(record["image"]),
                                                   cv2.COLOR_BGR2RGB)
 
   return Source(ground_truth, sorted(ground_truth.imgs), images)

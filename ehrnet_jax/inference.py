@@ -139,10 +139,8 @@ def read_image(path) -> np.ndarray:
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserError(f"{path}: no such image file")
-  data = np.fromfile(path, np.uint8)
-  image = None
-  if data.size:
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+  data = path.read_bytes()
+  image = images_lib.decode_image(data) if data else None
   if image is None:
     raise UserError(f"{path}: cannot decode this file as an image (expected JPEG, PNG, BMP, ...)")
   check_image_size(image, path)

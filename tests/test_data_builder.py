@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 import data_testing
 from ehrnet_jax import keypoints
+from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations, coco_tfds, pipeline
 from ehrnet_jax.errors import UserError
 
@@ -111,17 +112,17 @@ def test_odd_images_build_and_decode_in_the_stored_frame(odd_built):
   records, raw = odd_built
   assert sorted(records) == [1, 2, 3, 4, 5]
   for image_id, record in records.items():
-    image = pipeline.decode_image(record["image"])
+    image = images_lib.decode_image(record["image"])
     assert image.shape == (24, 32, 3)  # EXIF orientation 6 would give 32x24.
   exif_file = Image.open(io.BytesIO(records[4]["image"]))
   assert ImageOps.exif_transpose(exif_file).size == (24, 32)  # The tag is there (w 24, h 32).
   exif_raw = np.asarray(exif_file.convert("RGB"))
-  decoded = pipeline.decode_image(records[4]["image"])[:, :, ::-1]
+  decoded = images_lib.decode_image(records[4]["image"])[:, :, ::-1]
   assert np.abs(decoded.astype(int) - exif_raw).mean() < 2  # Same pixels, not rotated.
-  gray = pipeline.decode_image(records[1]["image"])
+  gray = images_lib.decode_image(records[1]["image"])
   np.testing.assert_array_equal(gray[..., 0], raw[1])  # Grayscale -> 3 equal channels.
   np.testing.assert_array_equal(gray[..., 1], raw[1])
-  np.testing.assert_array_equal(pipeline.decode_image(records[3]["image"]), raw[3][..., :3])
+  np.testing.assert_array_equal(images_lib.decode_image(records[3]["image"]), raw[3][..., :3])
   np.testing.assert_array_equal(records[1]["people"]["keypoints"][0, 0], [40, -3, 2])
 
 

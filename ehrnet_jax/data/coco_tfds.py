@@ -18,16 +18,15 @@ import dataclasses
 import logging
 import pathlib
 
-import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
 from ehrnet_jax import keypoints as keypoint_sets
+from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations
 from ehrnet_jax.errors import UserError
 
 # The reference reader: 3-channel BGR, EXIF orientation ignored (grayscale, CMYK, RGBA -> BGR).
-IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +160,7 @@ def read_checked_image(path: pathlib.Path, record: annotations.ImageRecord) -> b
     encoded = path.read_bytes()
   except OSError as error:
     raise UserError(f"{where}: cannot read the image ({error.strerror})") from None
-  image = cv2.imdecode(np.frombuffer(encoded, np.uint8), IMREAD_FLAGS)
+  image = images_lib.decode_image(encoded)
   if image is None:
     raise UserError(f"{where}: not a decodable image (corrupt or truncated file?)")
   if image.shape[:2] != (record.height, record.width):

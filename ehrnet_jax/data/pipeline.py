@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations
 from ehrnet_jax.data import augment as augment_lib
 from ehrnet_jax.data import coco_tfds
@@ -57,21 +58,12 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   return process_index, process_count
 
 
-def decode_image(encoded: bytes) -> np.ndarray:
-  """(H, W, 3) uint8 BGR as the reference reads it: OpenCV, EXIF orientation NOT applied.
-
-  COCO keypoints are in the stored pixel frame; applying an EXIF rotation would move the image
-  away from its keypoints.
-  """
-  return cv2.imdecode(np.frombuffer(encoded, np.uint8), coco_tfds.IMREAD_FLAGS)
-
-
 def _augment_fn(seed: int, process_index: int, input_size: int, flip_index: tuple[int, ...],
                 config: augment_lib.AugmentConfig):
   """The NumPy function mapped over (index, encoded image, mask RLE, keypoints, counts)."""
 
   def fn(index, encoded_image, mask_rle, keypoints, num_keypoints):
-    image = decode_image(encoded_image)
+    image = images_lib.decode_image(encoded_image)
     ignore = annotations.decode_mask(mask_rle, image.shape[0], image.shape[1])
     rng = np.random.default_rng((seed, process_index, int(index)))
     params = augment_lib.sample_params(rng, image.shape[0], image.shape[1], config)
@@ -208,7 +200,7 @@ def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = 
   records = builder.as_dataset(split=host_split, shuffle_files=False, decoders={"image": _SKIP})
 
   def fn(encoded):
-    image = decode_image(encoded)
+    image = images_lib.decode_image(encoded)
     size, center, scale = augment_lib.eval_transform(image.shape[0], image.shape[1], input_size)
     matrix = augment_lib.affine_matrix(center, scale[0], 0.0, size)
     warped = augment_lib.warp(image, matrix, size)
