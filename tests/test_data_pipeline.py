@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import data_testing
-from ehrnet_jax.data import augment, pipeline, targets
+from ehrnet_jax import transforms
+from ehrnet_jax.data import pipeline, targets
 from ehrnet_jax.errors import UserError
 
 SIZE = 64  # Small input: the pipeline logic, not the pixels, is under test here.
@@ -99,7 +100,8 @@ def test_eval_pipeline_keeps_size_id_and_transform(built, coco_mini_dir):
   element = seen[535506]
   height, width = sizes[535506]
   assert element["image"].shape == (height, width, 3)
-  (w, h), center, scale = augment.eval_transform(height, width, SIZE)
+  test_size = transforms.multi_scale_size((width, height), SIZE, 1.0, 1.0)
+  (w, h), center, scale = test_size.size_wh, test_size.center, test_size.scale
   assert element["input"].shape == (h, w, 3)
   np.testing.assert_allclose(element["center"], center)
   np.testing.assert_allclose(element["scale"], scale)

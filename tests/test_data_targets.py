@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ehrnet_jax import keypoints
+from ehrnet_jax import keypoints, transforms
 from ehrnet_jax.data import augment, targets
 
 
@@ -174,7 +174,8 @@ def test_flip_swaps_left_and_right_joints():
 
 
 def test_eval_transform_round_trip():
-  size, center, scale = augment.eval_transform(427, 640, 512)
+  test_size = transforms.multi_scale_size((640, 427), 512, 1.0, 1.0)
+  size, center, scale = test_size.size_wh, test_size.center, test_size.scale
   assert size == (768, 512) and center == (320, 214)  # Long side to a multiple of 64.
   m = augment.affine_matrix(center, scale[0], 0.0, size)
   point = np.array([[100.0, 50.0]])

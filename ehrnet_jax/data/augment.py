@@ -138,26 +138,3 @@ def augment(image_bgr: np.ndarray, ignore_mask: np.ndarray, keypoints: np.ndarra
     out[f"mask_{name}"] = flip(mask)
     out[f"keypoints_{name}"] = pad_people(target_positions(people, size), max_people)
   return out
-
-
-def eval_transform(height: int, width: int, input_size: int, scale_factor: float = 1.0,
-                   min_scale: float = 1.0):
-  """The reference's test-time resize (`get_multi_scale_size`) of an image.
-
-  Returns ((w', h'), center, scale): the network input size (the short side becomes
-  input_size*scale_factor/min_scale, the long one a multiple of 64 scaled alike), and the centre
-  and per-axis scale (units of 200 px) with which `affine_matrix(center, scale[0], 0, (w', h'))`
-  warps the image and its inverse maps predictions back to the image.
-  """
-  center = (int(width / 2.0 + 0.5), int(height / 2.0 + 0.5))
-  min_input = int((min_scale * input_size + 63) // 64 * 64)
-  short, long = (width, height) if width < height else (height, width)
-  short_resized = int(min_input * scale_factor / min_scale)
-  long_resized = int(int((min_input / short * long + 63) // 64 * 64) * scale_factor / min_scale)
-  if width < height:
-    size = (short_resized, long_resized)
-    scale = (width / 200.0, long_resized / short_resized * width / 200.0)
-  else:
-    size = (long_resized, short_resized)
-    scale = (long_resized / short_resized * height / 200.0, height / 200.0)
-  return size, center, scale

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ehrnet_jax import images as images_lib
+from ehrnet_jax import transforms
 from ehrnet_jax.data import annotations
 from ehrnet_jax.data import augment as augment_lib
 from ehrnet_jax.data import coco_tfds
@@ -201,11 +202,10 @@ def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = 
 
   def fn(encoded):
     image = images_lib.decode_image(encoded)
-    size, center, scale = augment_lib.eval_transform(image.shape[0], image.shape[1], input_size)
-    matrix = augment_lib.affine_matrix(center, scale[0], 0.0, size)
-    warped = augment_lib.warp(image, matrix, size)
+    size = transforms.multi_scale_size(image.shape[1::-1], input_size, 1.0, 1.0)
+    warped = transforms.warp_image(image, size)
     return (cv2.cvtColor(image, cv2.COLOR_BGR2RGB), cv2.cvtColor(warped, cv2.COLOR_BGR2RGB),
-            np.asarray(center, np.float64), np.asarray(scale, np.float64))
+            np.asarray(size.center, np.float64), np.asarray(size.scale, np.float64))
 
   def example(record):
     image, warped, center, scale = tf.numpy_function(
