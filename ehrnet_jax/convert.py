@@ -5,6 +5,12 @@ the matching Flax module and the kind of layer; `convert_state_dict` applies it,
 every key is used exactly once with the right shape. Nothing is skipped silently: the only keys
 without a Flax counterpart are BN's `num_batches_tracked` counters, which PyTorch uses only when
 `momentum=None` (never in this model) and which are checked and counted, not copied.
+
+The backbone is the EfficientNet of narumiruna/efficientnet-pytorch in the layout the reference
+expects (`features.*`, each conv preceded by a ZeroPad2d, so a conv-BN pair is `.1`/`.2`):
+`convert_classifier_state_dict` reads a whole classifier of that layout (backbone, 1x1 head conv,
+`classifier.1` linear layer) and `convert_backbone_state_dict` takes only the backbone's keys of
+any such state dict (a classifier or the pose model), reporting which keys it used and skipped.
 """
 
 import pathlib
@@ -15,22 +21,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import ScalingSpec
 
 Path = tuple[str, ...]
+BACKBONE = "backbone"  # The Flax module of the EfficientNet features in both models.
 # (state-dict prefix, Flax module path, layer kind)
 Entry = tuple[str, Path, str]
-CONV, CONV_BIAS, BN, DENSE_FROM_1X1, CONV_TRANSPOSE = (
-    "conv", "conv_bias", "bn", "dense_from_1x1", "conv_transpose")
+CONV, CONV_BIAS, BN, DENSE, DENSE_FROM_1X1, CONV_TRANSPOSE = (
+    "conv", "conv_bias", "bn", "dense", "dense_from_1x1", "conv_transpose")
 
 # Per layer kind: state-dict suffix -> (collection, Flax variable name, layout conversion).
 _conv = lambda w: np.transpose(w, (2, 3, 1, 0))        # (O, I, kh, kw) -> (kh, kw, I, O)
+_linear = lambda w: np.transpose(w, (1, 0))             # (O, I) -> (I, O)
 _dense = lambda w: np.transpose(w[:, :, 0, 0], (1, 0))  # (O, I, 1, 1) -> (I, O)
 _identity = lambda w: w
 LAYER_VARIABLES = {
     CONV: {"weight": ("params", "kernel", _conv)},
     CONV_BIAS: {"weight": ("params", "kernel", _conv), "bias": ("params", "bias", _identity)},
+    DENSE: {"weight": ("params", "kernel", _linear), "bias": ("params", "bias", _identity)},
     DENSE_FROM_1X1: {"weight": ("params", "kernel", _dense), "bias": ("params", "bias", _identity)},
     # Flax ConvTranspose(transpose_kernel=True) wants (kh, kw, O, I) from torch's (I, O, kh, kw).
     CONV_TRANSPOSE: {"weight": ("params", "kernel", _conv)},
@@ -47,9 +56,9 @@ def _conv_bn(prefix_conv: str, prefix_bn: str, path: Path, conv_kind: str = CONV
   yield prefix_bn, path + ("bn",), BN
 
 
-def backbone_key_map(spec: ScalingSpec, prefix: str = "features",
-                     path: Path = ("backbone",)) -> Iterator[Entry]:
+def backbone_key_map(spec: ScalingSpec) -> Iterator[Entry]:
   """The backbone (`features.*`, the narumiruna EfficientNet layout the reference uses)."""
+  prefix, path = "features", (BACKBONE,)
   yield from _conv_bn(f"{prefix}.0.1", f"{prefix}.0.2", path + ("stem",))
   index = 1
   for stage in spec.backbone_stages:
@@ -113,9 +122,19 @@ def key_map(spec: ScalingSpec) -> list[Entry]:
   return [*backbone_key_map(spec), *hrnet_key_map(spec), *head_key_map(spec)]
 
 
-def abstract_variables(spec: ScalingSpec) -> dict:
-  """Shapes and dtypes of the model's variables (no computation)."""
-  model = EfficientHRNet(spec)
+def classifier_key_map(spec: ScalingSpec) -> list[Entry]:
+  """Every layer of the narumiruna EfficientNet classifier (ZeroPad layout) for `spec`: the
+  backbone, the 1x1 head conv `features.<blocks + 1>` and the linear layer `classifier.1`."""
+  head = f"features.{spec.num_backbone_blocks + 1}"
+  return [*backbone_key_map(spec), *_conv_bn(f"{head}.1", f"{head}.2", ("head_conv",)),
+          ("classifier.1", ("classifier",), DENSE)]
+
+
+def abstract_variables(spec: ScalingSpec, num_classes: int | None = None) -> dict:
+  """Shapes and dtypes of the variables (no computation) of the pose model, or with
+  `num_classes` of the backbone classifier."""
+  model = EfficientHRNet(spec) if num_classes is None else EfficientNetClassifier(spec,
+                                                                                   num_classes)
   return jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
 
@@ -152,7 +171,9 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # torch raises many types for corrupt or non-weights files
-    raise UserError(f"{path}: not a readable PyTorch weights file ({error})") from None
+    raise UserError(f"{path}: not a readable PyTorch weights file ({error}); pass the "
+                    "authors' released .pth state dict or an .npz with the same key names") \
+        from None
   if not isinstance(loaded, Mapping):
     raise UserError(f"{path}: expected a state dict (a mapping of names to tensors), "
                     f"found {type(loaded).__name__}")
@@ -171,21 +192,21 @@ def _set(tree: dict, path: Path, value) -> None:
   tree[path[-1]] = value
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
-                       source: str = "state dict") -> dict:
-  """Reference state dict -> `{"params": ..., "batch_stats": ...}` for `EfficientHRNet(spec)`.
+def _convert(state_dict: Mapping[str, np.ndarray], entries: list[Entry], target: dict,
+             source: str, model_name: str, allow_unused: bool = False) -> tuple[dict, list[str]]:
+  """Applies `entries`; returns the variables (the structure of `target`) and the keys used.
 
-  Raises `UserError` listing every missing, unexpected or mis-shaped key by name.
+  Raises `UserError` listing every missing, mis-shaped and (unless `allow_unused`) unexpected
+  key by name.
   """
-  target = abstract_variables(spec)
-  variables, missing, misshaped, used = {}, [], [], set()
-  for prefix, path, kind in key_map(spec):
+  variables, missing, misshaped, used = {}, [], [], []
+  for prefix, path, kind in entries:
     for suffix, destination in LAYER_VARIABLES[kind].items():
       key = f"{prefix}.{suffix}"
       if key not in state_dict:
         missing.append(key)
         continue
-      used.add(key)
+      used.append(key)
       if destination is None:
         continue
       collection, name, to_flax = destination
@@ -198,17 +219,72 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
         continue
       _set(variables.setdefault(collection, {}), path + (name,),
            jnp.asarray(converted, dtype=jnp.float32))
-  unexpected = sorted(set(state_dict) - used)
+  unexpected = [] if allow_unused else sorted(set(state_dict) - set(used))
   if missing or unexpected or misshaped:
     problems = [f"{len(missing)} missing: {_listing(missing)}" if missing else "",
                 f"{len(unexpected)} unexpected: {_listing(unexpected)}" if unexpected else "",
                 f"{len(misshaped)} mis-shaped: {_listing(misshaped)}" if misshaped else ""]
-    raise UserError(f"{source} does not match variant {spec.name}; "
+    raise UserError(f"{source} does not match {model_name}; "
                     + "; ".join(p for p in problems if p)
                     + ". Is it the checkpoint of another variant (see `ehrnet info`)?")
   if jax.tree.structure(variables) != jax.tree.structure(target):
-    raise RuntimeError(f"internal error: key_map({spec.name}) does not cover every variable")
+    raise RuntimeError(f"internal error: the key map of {model_name} does not cover every "
+                       "variable")
+  return variables, used
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
+                       source: str = "state dict") -> dict:
+  """Reference state dict -> `{"params": ..., "batch_stats": ...}` for `EfficientHRNet(spec)`.
+
+  Raises `UserError` listing every missing, unexpected or mis-shaped key by name.
+  """
+  variables, _ = _convert(state_dict, key_map(spec), abstract_variables(spec), source,
+                          f"variant {spec.name}")
   return variables
+
+
+def _check_zero_pad_layout(state_dict: Mapping[str, np.ndarray], source: str) -> None:
+  if "features.0.0.weight" in state_dict:
+    raise UserError(
+        f"{source} has the newer narumiruna/efficientnet-pytorch layout (the stem conv at "
+        "features.0.0, symmetric padding, BN eps 1e-3): a different network from the one the "
+        "reference builds (ZeroPad2d before each conv, the stem conv at features.0.1, BN eps "
+        "1e-5), whose strict=False loading would skip these keys silently. Use a checkpoint of "
+        "the ZeroPad layout (the authors' compact backbones), or train one with "
+        "experiments/backbone_imagenet.py")
+
+
+def convert_classifier_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
+                                  source: str = "state dict") -> tuple[dict, int]:
+  """A narumiruna EfficientNet classifier (ZeroPad layout) -> (variables of
+  `EfficientNetClassifier(spec, num_classes)`, num_classes)."""
+  _check_zero_pad_layout(state_dict, source)
+  if np.ndim(state_dict.get("classifier.1.weight")) != 2:
+    raise UserError(f"{source}: no classifier.1.weight (num_classes x features) found; is it "
+                    "an EfficientNet classifier of narumiruna/efficientnet-pytorch?")
+  num_classes = int(np.shape(state_dict["classifier.1.weight"])[0])
+  variables, _ = _convert(state_dict, classifier_key_map(spec),
+                          abstract_variables(spec, num_classes), source,
+                          f"classifier {spec.classifier_name}")
+  return variables, num_classes
+
+
+def convert_backbone_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
+                                source: str = "state dict") -> tuple[dict, list[str], list[str]]:
+  """The backbone keys (`features.0` ... `features.<blocks>`) of a ZeroPad-layout state dict.
+
+  Returns the pose model's backbone variables `{"params": {"backbone": ...}, "batch_stats":
+  {"backbone": ...}}`, the keys used and the keys skipped (a classifier's head conv and linear
+  layer, a pose model's HR network and head). Missing or mis-shaped backbone keys raise.
+  """
+  _check_zero_pad_layout(state_dict, source)
+  full = abstract_variables(spec)
+  target = {c: {BACKBONE: full[c][BACKBONE]} for c in full}
+  variables, used = _convert(state_dict, list(backbone_key_map(spec)), target, source,
+                             f"the backbone of {spec.name}", allow_unused=True)
+  skipped = sorted(set(state_dict) - set(used))
+  return variables, used, skipped
 
 
 def _convert_layout(to_flax, value: np.ndarray) -> np.ndarray | None:

@@ -40,6 +40,12 @@ PUBLISHED_MULTIPLIERS = {  # phi: (width_mult, depth_mult)
 }
 VARIANT_NAMES = {f"H{phi}": phi for phi in PUBLISHED_MULTIPLIERS}
 
+# The backbone-only classifiers of the paper's Table 2 (B0 ... B-4) and their input sizes as the
+# table lists them. Its formula ceil(224 * 1.15**phi) gives 148 and 129 for B-3 and B-4; the
+# table's 145 and 128 are used for the named variants, the formula for any other phi.
+CLASSIFIER_INPUT_SIZES = {0: 224, -1: 195, -2: 170, -3: 145, -4: 128}
+CLASSIFIER_VARIANTS = {f"B{phi}": phi for phi in CLASSIFIER_INPUT_SIZES}
+
 
 @dataclasses.dataclass(frozen=True)
 class MBConvStage:
@@ -80,7 +86,7 @@ def _check_phi(phi) -> float:
   try:
     value = float(phi)
   except (TypeError, ValueError):
-    raise UserError(f"phi must be a number, got {phi!r}") from None
+    raise UserError(f"phi must be a number such as phi=-2.5, got {phi!r}") from None
   low, high = PHI_RANGE
   if not math.isfinite(value) or not low <= value <= high:
     raise UserError(
@@ -140,9 +146,32 @@ class ScalingSpec:
     if isinstance(name, str) and name.startswith("phi="):
       return cls.from_phi(name[len("phi="):])
     if name not in VARIANT_NAMES:
-      raise UserError(f"unknown variant {name!r}: expected one of {', '.join(VARIANT_NAMES)} "
-                      "or 'phi=<number>' (e.g. phi=-2.5)")
+      raise UserError(f"unknown variant {name!r}: pass one of {', '.join(VARIANT_NAMES)} "
+                      "(case-sensitive) or 'phi=<number>' (e.g. phi=-2.5); `ehrnet info` "
+                      "describes them")
     return cls.from_phi(VARIANT_NAMES[name])
+
+  @property
+  def num_backbone_blocks(self) -> int:
+    """MBConv blocks of the backbone (the reference's `features[1:]`)."""
+    return sum(stage.repeats for stage in self.backbone_stages)
+
+  @property
+  def classifier_name(self) -> str:
+    """The backbone-only classifier of this phi: "B0" ... "B-4", or "B<phi>"."""
+    return "B" + self.name[1:]
+
+  @property
+  def classifier_input_size(self) -> int:
+    """The classifier's input side: the paper's Table 2, else `ceil(224 * 1.15**phi)`."""
+    if self.phi.is_integer() and int(self.phi) in CLASSIFIER_INPUT_SIZES:
+      return CLASSIFIER_INPUT_SIZES[int(self.phi)]
+    return math.ceil(224 * 1.15 ** self.phi)
+
+  def same_backbone(self, other: "ScalingSpec") -> bool:
+    """Whether both specs build the same EfficientNet backbone (weights interchangeable)."""
+    return (self.stem_channels, self.backbone_stages) == (other.stem_channels,
+                                                         other.backbone_stages)
 
   @property
   def head_width(self) -> int:
@@ -188,3 +217,21 @@ class ScalingSpec:
         "head_width": self.head_width,
     }
 
+
+
+def classifier_variant(name: str) -> tuple[ScalingSpec, int]:
+  """A backbone classifier by name ("B0", ..., "B-4", or "phi=<number>"): (spec, input side).
+
+  The classifier is built from the spec's backbone (`EfficientNetClassifier(spec, ...)`); the
+  spec's other fields are those of the pose model with the same phi, whose backbone it can
+  initialise (`ehrnet_jax.backbones`).
+  """
+  if isinstance(name, str) and name.startswith("phi="):
+    spec = ScalingSpec.from_phi(name[len("phi="):])
+  elif name in CLASSIFIER_VARIANTS:
+    spec = ScalingSpec.from_phi(CLASSIFIER_VARIANTS[name])
+  else:
+    raise UserError(f"unknown classifier variant {name!r}: expected one of "
+                    f"{', '.join(CLASSIFIER_VARIANTS)} or 'phi=<number>' (e.g. phi=-2.5); the "
+                    f"pose models are {', '.join(VARIANT_NAMES)}")
+  return spec, spec.classifier_input_size
