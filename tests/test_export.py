@@ -2,8 +2,6 @@
 there is no GPU; bad flags."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -88,6 +86,23 @@ def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
     found = session.run(None, {"images": batch})
     for f, e in zip(found, expected):
       assert_close(f, e[-len(batch):])
+
+
+def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_variables):
+  """Against the network computed in float64: onnxruntime's error is within 1e-4 and no larger
+  than JAX's own float32 error plus 2e-5 (rounding, not a different graph)."""
+  session = onnxruntime.InferenceSession(str(h4_onnx), providers=["CPUExecutionProvider"])
+  images = np.random.default_rng(3).normal(size=(1, 384, 576, 3)).astype(np.float32)
+  float32 = jax_outputs(h4_variables, images)
+  with jax.enable_x64(True):
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float64), h4_variables)
+    model = EfficientHRNet(SPEC, depthwise="conv", dtype=np.float64)
+    exact = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
+                                                                  images.astype(np.float64))
+    exact = [np.asarray(o) for o in exact]
+  for found, jax32, truth in zip(session.run(None, {"images": images}), float32, exact):
+    onnx_error, jax_error = np.abs(found - truth).max(), np.abs(jax32 - truth).max()
+    assert onnx_error <= 1e-4 and onnx_error <= jax_error + 2e-5, (onnx_error, jax_error)
 
 
 def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path):
@@ -185,17 +200,6 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
                      for entries in (onnx_entries, jax_entries))
   moved = np.abs(found[..., :2] - expected[..., :2]).max(-1) > 1e-3
   assert moved.mean() < 0.005, moved.mean()
-
-
-def test_onnx_predict_path_never_imports_jax(h4_onnx, tmp_path):
-  image = next(p for p in samples.images() if p.name == "000000129648.jpg")   # 576x384 test size
-  code = ("import sys; from ehrnet_jax import cli; "
-          f"code = cli.main(['predict', '--backend', 'onnx', {str(h4_onnx)!r}, {str(image)!r}, "
-          f"'--out', {str(tmp_path)!r}]); "
-          "assert code == 0, code; assert 'jax' not in sys.modules, 'jax imported'")
-  subprocess.run([sys.executable, "-c", code], check=True)
-  entries = json.loads((tmp_path / "predictions.json").read_text())
-  assert entries and (tmp_path / "000000129648.jpg").is_file()
 
 
 def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
