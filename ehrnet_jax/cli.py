@@ -20,10 +20,24 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def missing_module_message(error: ModuleNotFoundError) -> str:
+  """What to install when a dependency is absent (e.g. JAX on a runtime-only install)."""
+  package = (error.name or "").partition(".")[0]
+  if not package or package == __package__:
+    raise error   # a bug in ehrnet_jax, not a missing dependency
+  return (f"this command needs the Python package '{package}', which is not installed; install "
+          "everything with `pip install -e .` (a runtime-only install from "
+          "requirements-runtime.txt runs only `ehrnet predict --backend onnx` and "
+          "`ehrnet export --format tensorrt --onnx`; see docs/deployment.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.run(args) or 0
   except UserError as error:
-    print(f"ehrnet {args.command}: error: {error}", file=sys.stderr)
-    return 2
+    message = str(error)
+  except ModuleNotFoundError as error:
+    message = missing_module_message(error)
+  print(f"ehrnet {args.command}: error: {message}", file=sys.stderr)
+  return 2

@@ -40,8 +40,10 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
   All images of the split (or only `image_ids`), in id order, at most `max_images`.
   """
   root = pathlib.Path(root)
-  ground_truth = coco_results.load_ground_truth(
-      root / "annotations" / f"person_keypoints_{split}.json")
+  ground_truth = coco_results.load_ground_truth(_annotation_file(root, split))
+  if not (root / split).is_dir():
+    raise UserError(f"{root / split}: image folder not found; --coco-dir must hold the images of "
+                    f"split {split} in {split}/")
   image_ids = sorted(ground_truth.imgs if image_ids is None else image_ids)[:max_images]
 
   def images():
@@ -51,33 +53,60 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
   return Source(ground_truth, image_ids, images)
 
 
+def _annotation_file(root: pathlib.Path, split: str) -> pathlib.Path:
+  """`root/annotations/person_keypoints_{split}.json`; a UserError naming the splits found."""
+  path = root / "annotations" / f"person_keypoints_{split}.json"
+  if path.is_file():
+    return path
+  if not root.is_dir():
+    raise UserError(f"{root}: no such folder; --coco-dir must be the COCO root holding "
+                    "annotations/ and the split's images (e.g. val2017/)")
+  splits = sorted(f.stem.removeprefix("person_keypoints_")
+                  for f in (root / "annotations").glob("person_keypoints_*.json"))
+  hint = (f"pass --split {' or '.join(splits)}" if splits else
+          "unpack COCO's annotations_trainval2017.zip (cocodataset.org) there")
+  raise UserError(f"{path}: annotation file not found; {hint}")
+
+
 def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = None) -> Source:
-  """The dataset built by `ehrnet data` (TFDS); the ground truth is rebuilt from its records."""
+  """The dataset built by `ehrnet data` (TFDS); the ground truth is rebuilt from its records.
+
+  The same images as `coco_folder` on the COCO folder it was built from: in id order, at most
+  `max_images`.
+  """
   # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
   import tensorflow_datasets as tfds
   from ehrnet_jax.data import pipeline
   # pylint: enable=import-outside-toplevel
   split = TFDS_SPLITS.get(split, split)
   builder = pipeline.load_builder(data_dir)
   if split not in builder.info.splits:
-    raise UserError(f"{data_dir}: split '{split}' not built; available: "
+    raise UserError(f"{data_dir}: split '{split}' not built; pass --split with one of "
                     f"{', '.join(builder.info.splits)}")
   records = builder.as_dataset(split=split, shuffle_files=False,
                                decoders={"image": tfds.decode.SkipDecoding()})
-  if max_images:
-    records = records.take(max_images)
-  ground_truth = _ground_truth(tfds.as_numpy(records))
+  annotations = {int(r["image_id"]): r for r in tfds.as_numpy(
+      records.map(lambda r: {k: v for k, v in r.items() if k != "image"}))}
+  image_ids = sorted(annotations)[:max_images]
+  ground_truth = _ground_truth(annotations[i] for i in image_ids)
+  wanted = tf.constant(image_ids, tf.int64)
 
   def images():
-    for record in tfds.as_numpy(records):
+    chosen = records.filter(lambda r: tf.reduce_any(tf.equal(r["image_id"], wanted)))
+    for record in tfds.as_numpy(chosen):
       yield int(record["image_id"]), cv2.cvtColor(images_lib.decode_image(record["image"]),
                                                   cv2.COLOR_BGR2RGB)
 
-  return Source(ground_truth, sorted(ground_truth.imgs), images)
+  return Source(ground_truth, image_ids, images)
 
 
 def _ground_truth(records):
-  """A pycocotools COCO object from the TFDS records' people (crowd regions included)."""
+  """A pycocotools COCO object from the TFDS records' people.
+
+  The records hold the people of the reference (`iscrowd == 0 or num_keypoints > 0`); crowd
+  regions without keypoints exist only in their ignore masks, so they are not in this ground truth.
+  """
   # pylint: disable=import-outside-toplevel
   from pycocotools.coco import COCO
   from ehrnet_jax import keypoints

@@ -22,6 +22,8 @@ from ehrnet_jax import inference
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax.errors import UserError
 
+EXPORT_HINT = ("write the model with `ehrnet export --variant NAME --checkpoint DIR --format onnx "
+               "--out FILE.onnx`")
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -47,8 +49,7 @@ class ModelInfo:
                  None if batch == "dynamic" else int(batch), props["ehrnet.layout"])
     except (KeyError, ValueError) as error:
       raise UserError(f"{path}: not an ONNX model written by `ehrnet export` (metadata "
-                      f"{error} missing or malformed); export it with `ehrnet export --format "
-                      "onnx`") from None
+                      f"{error} missing or malformed); {EXPORT_HINT}") from None
 
 
 def session_providers(device: str) -> list[str]:
@@ -59,7 +60,8 @@ def session_providers(device: str) -> list[str]:
   wanted = PROVIDERS[device]
   if wanted[0] not in available:
     raise UserError(f"--device {device}: onnxruntime here has no {wanted[0]} (available: "
-                    f"{', '.join(sorted(available))}); install onnxruntime-gpu or use --device cpu")
+                    f"{', '.join(sorted(available))}); install onnxruntime-gpu (on a Jetson: "
+                    "the wheel for its JetPack, docs/deployment.md) or use --device cpu")
   return [p for p in wanted if p in available]
 
 
@@ -69,11 +71,13 @@ class OnnxNetwork:
   def __init__(self, path, device: str = "cpu"):
     path = pathlib.Path(path)
     if not path.is_file():
-      raise UserError(f"{path}: no such ONNX file")
+      raise UserError(f"{path}: no such ONNX file ({EXPORT_HINT}; a checkpoint directory runs "
+                      "with --backend jax)")
     try:
       self.session = onnxruntime.InferenceSession(str(path), providers=session_providers(device))
     except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph) as error:
-      raise UserError(f"{path}: onnxruntime cannot load this file ({error})") from None
+      raise UserError(f"{path}: onnxruntime cannot load this file ({error}); is it an ONNX "
+                      f"model? {EXPORT_HINT}") from None
     self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
     self.path = path
 

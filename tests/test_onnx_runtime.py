@@ -2,27 +2,48 @@
 
 The exported network itself is checked against JAX in `test_export.py` (including the black
 padding); here a tiny graph with known outputs (average pooling of the images) tests the
-runtime's bookkeeping.
+runtime's bookkeeping, and `ehrnet predict --backend onnx` on a runtime-only install (no JAX,
+no TensorFlow: requirements-runtime.txt).
 """
+
+import importlib.metadata
+import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import onnx_runtime
+from ehrnet_jax import samples
 from ehrnet_jax.errors import UserError
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
-def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True):
-  """images -> (avg-pool 4, 2 * avg-pool 4, avg-pool 2) of the 3 channels, in `layout`."""
+
+def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True, joints=3):
+  """images -> (avg-pool 4, 2 * avg-pool 4, avg-pool 2) of the 3 channels, in `layout`.
+
+  With `joints` != 3, a fixed random 1x1 convolution first maps the 3 channels to `joints`, with
+  small weights: no joint reaches the detection threshold, so that grouping takes no time.
+  """
   h, w = hw
   b = batch or "batch"
   nchw = layout == "NCHW"
   shape = (lambda c, s: [b, c, h // s, w // s]) if nchw else (lambda c, s: [b, h // s, w // s, c])
   nodes = [] if nchw else [helper.make_node("Transpose", ["images"], ["x"], perm=[0, 3, 1, 2])]
   source = "images" if nchw else "x"
+  weights = np.random.default_rng(0).normal(0, 0.01, (joints, 3, 1, 1)).astype(np.float32)
+  initializers = [numpy_helper.from_array(weights, "w")] if joints != 3 else []
+  if initializers:
+    nodes.append(helper.make_node("Conv", [source, "w"], ["c"]))
+    source = "c"
   pools = {"p4": 4, "p2": 2}
   nodes += [helper.make_node("AveragePool", [source], [name], kernel_shape=[s, s], strides=[s, s])
             for name, s in pools.items()]
@@ -33,8 +54,8 @@ def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True):
     nodes.append(helper.make_node("Transpose", [value], [name], perm=perm))
   graph = helper.make_graph(
       nodes, "pool", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape(3, 1))],
-      [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape(3, s))
-       for n, (_, s) in outputs.items()])
+      [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape(joints, s))
+       for n, (_, s) in outputs.items()], initializer=initializers)
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                             ir_version=8)
   if metadata:
@@ -89,3 +110,81 @@ def test_unavailable_device_is_an_error():
   with pytest.raises(UserError, match="--device cuda: onnxruntime here has no CUDA"):
     onnx_runtime.session_providers("cuda")
   assert onnx_runtime.session_providers("cpu") == ["CPUExecutionProvider"]
+
+
+# Runs `ehrnet` with the given top-level modules unimportable; prints the exit code and the
+# top-level modules the command imported. argv: the blocked names (comma-separated), then the
+# command line.
+RUNTIME_ONLY = """
+import json, sys
+blocked = set(sys.argv[1].split(","))
+
+class Uninstalled:
+  def find_spec(self, name, path=None, target=None):
+    if name.partition(".")[0] in blocked:
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Uninstalled())
+before = set(sys.modules)
+from ehrnet_jax import cli
+code = cli.main(sys.argv[2:])
+imported = {name.partition(".")[0] for name in set(sys.modules) - before}
+print(json.dumps({"code": code, "imported": sorted(imported)}))
+"""
+
+
+def _installed_modules() -> dict[str, set[str]]:
+  """{top-level module: the installed packages providing it}, ehrnet_jax left out."""
+  return {module: {canonicalize_name(owner) for owner in owners}
+          for module, owners in importlib.metadata.packages_distributions().items()
+          if module != "ehrnet_jax"}
+
+
+def _runtime_packages() -> set[str]:
+  """requirements-runtime.txt's packages and their dependencies (no extras), closed."""
+  lines = (REPO / "requirements-runtime.txt").read_text().splitlines()
+  pending = [Requirement(line).name for line in lines if line.strip() and not line.startswith("#")]
+  packages = set()
+  while pending:
+    name = canonicalize_name(pending.pop())
+    if name not in packages:
+      packages.add(name)
+      requirements = map(Requirement, importlib.metadata.requires(name) or [])
+      pending += [r.name for r in requirements if not r.marker or r.marker.evaluate({"extra": ""})]
+  return packages
+
+
+def _run_runtime_only(*argv) -> tuple[dict, str, set[str]]:
+  """`ehrnet *argv` as on a runtime-only install: every installed module that no package of
+  requirements-runtime.txt provides is unimportable. Returns the subprocess's report, its stderr
+  and the modules that were blocked."""
+  runtime = _runtime_packages()
+  blocked = {module for module, owners in _installed_modules().items() if not owners & runtime}
+  result = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, ",".join(sorted(blocked)),
+                           *map(str, argv)], capture_output=True, text=True, check=True)
+  return json.loads(result.stdout.splitlines()[-1]), result.stderr, blocked
+
+
+def test_onnx_predict_needs_only_the_runtime_requirements(tmp_path):
+  """README: `pip install --no-deps -e . && pip install -r requirements-runtime.txt` runs
+  `ehrnet predict --backend onnx`; every module it imports is the standard library's or comes
+  from requirements-runtime.txt (numpy's optional imports, absent there, are blocked)."""
+  model = _pooling_model(tmp_path / "m.onnx", None, "NHWC", hw=(384, 576), joints=17)
+  image = next(p for p in samples.images() if p.name == "000000129648.jpg")   # 576x384 test size
+  report, stderr, blocked = _run_runtime_only("predict", "--backend", "onnx", model, image,
+                                              "--out", tmp_path / "out")
+  assert {"jax", "flax", "tensorflow", "torch", "pycocotools"} <= blocked
+  assert report["code"] == 0, stderr
+  imported = set(report["imported"])
+  assert not imported & blocked
+  assert {"onnxruntime", "cv2", "scipy", "numpy", "tqdm", "ehrnet_jax"} <= imported
+  assert isinstance(json.loads((tmp_path / "out" / "predictions.json").read_text()), list)
+  assert (tmp_path / "out" / "000000129648.jpg").is_file()
+
+
+def test_jax_commands_on_a_runtime_only_install_say_what_to_install(tmp_path):
+  report, stderr, _ = _run_runtime_only("evaluate", "--variant", "H-4", "--checkpoint", tmp_path,
+                                        "--coco-dir", samples.coco_dir(), "--split", "train2017",
+                                        "--out", tmp_path / "eval")
+  assert report["code"] == 2 and "Traceback" not in stderr
+  assert "needs the Python package '" in stderr and "`pip install -e .`" in stderr

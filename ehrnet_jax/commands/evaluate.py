@@ -54,12 +54,13 @@ def run(args) -> int:
   from ehrnet_jax import inference
   # pylint: enable=import-outside-toplevel
   scales = parse_scales(args.scales)
-  estimator = inference.jax_estimator(args.checkpoint, args.variant, scales, not args.no_flip,
-                                      args.bucket)
+  # The data first: a wrong folder or split fails before the model loads.
   if args.coco_dir:
     source = evaluate.coco_folder(args.coco_dir, args.split, args.max_images)
   else:
     source = evaluate.tfds_dataset(args.data_dir, args.split, args.max_images)
+  estimator = inference.jax_estimator(args.checkpoint, args.variant, scales, not args.no_flip,
+                                      args.bucket)
   evaluation = evaluate.evaluate(estimator, source, verbose=True)
   settings = {"variant": args.variant, "checkpoint": str(args.checkpoint), "split": args.split,
               "scales": list(scales), "flip": not args.no_flip, "bucket": args.bucket}

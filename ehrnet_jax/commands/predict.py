@@ -16,6 +16,13 @@ the model is an `ehrnet export --format onnx` file, given with --checkpoint or a
 INPUT; it runs with onnxruntime (--device cpu, cuda or tensorrt) and needs images whose
 test-time size fits its exported --size."""
 
+MISSING_MODEL = {
+    "jax": "--checkpoint DIR is required: an ehrnet checkpoint from `ehrnet convert` or "
+           "`ehrnet train` (for an exported .onnx model, pass --backend onnx)",
+    "onnx": "--backend onnx needs the model: --checkpoint FILE.onnx or an .onnx file as the first "
+            "INPUT (write one with `ehrnet export --format onnx`)",
+}
+
 
 def register(subparsers) -> None:
   parser = subparsers.add_parser(
@@ -67,9 +74,17 @@ def _model_and_inputs(args) -> tuple[str, list[str]]:
   from ehrnet_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   inputs = list(args.inputs)
   model = args.checkpoint
-  if model is None and args.backend == "onnx" and inputs[0].lower().endswith(".onnx"):
+  onnx = args.backend == "onnx"
+  if model is None and onnx and inputs[0].lower().endswith(".onnx"):
     model = inputs.pop(0)
-  if model is None or (args.backend == "jax" and args.variant is None) or not inputs:
-    raise UserError("give --variant and --checkpoint DIR (--backend jax), or the .onnx model "
-                    "(--backend onnx: --checkpoint FILE or first INPUT), then the inputs")
+  if model is None:
+    raise UserError(MISSING_MODEL[args.backend])
+  if not onnx and model.lower().endswith(".onnx"):
+    raise UserError(f"{model} is an ONNX model: pass --backend onnx to run it (--backend jax "
+                    "takes a checkpoint directory)")
+  if not onnx and args.variant is None:
+    raise UserError("--variant is required with --backend jax: the checkpoint's variant, H0, H-1, "
+                    "..., H-4 or phi=<number> (`ehrnet info` lists them)")
+  if not inputs:
+    raise UserError(f"no INPUT after the model {model}: give images, videos or folders of them")
   return model, inputs

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from ehrnet_jax.errors import UserError
 
@@ -63,8 +64,14 @@ def build_engine(onnx_path, engine_path, precision: str = "fp16", max_batch: int
 
 def _input_shape(onnx_path: pathlib.Path) -> tuple:
   """The input's dims: ints, or the dimension's name where it is dynamic."""
-  model = onnx.load(str(onnx_path), load_external_data=False)
-  dims = model.graph.input[0].type.tensor_type.shape.dim
+  try:
+    inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
+  except DecodeError:
+    inputs = None
+  if not inputs:
+    raise UserError(f"{onnx_path}: not an ONNX model with an input; export one with `ehrnet "
+                    "export --format onnx --batch 1 --layout NCHW` (docs/deployment.md)")
+  dims = inputs[0].type.tensor_type.shape.dim
   return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
 
 
