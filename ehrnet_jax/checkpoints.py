@@ -26,6 +26,16 @@ FORMAT = "ehrnet_jax.variables/1"
 METADATA_FILE = "ehrnet.json"
 
 
+def check_new_directory(directory: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+  """The absolute path of a checkpoint to write; a UserError when it exists and `overwrite` is
+  not set (commands call it before any long work)."""
+  directory = pathlib.Path(directory).absolute()
+  if directory.exists() and not overwrite:
+    raise UserError(f"{directory} already exists; choose another --out, remove it, or pass "
+                    "--overwrite to replace it")
+  return directory
+
+
 def save_variables(directory: str | os.PathLike, variables: dict, spec: ScalingSpec,
                    source: str = "", overwrite: bool = False,
                    num_classes: int | None = None) -> pathlib.Path:
@@ -34,10 +44,7 @@ def save_variables(directory: str | os.PathLike, variables: dict, spec: ScalingS
   With `num_classes`, the variables are those of `EfficientNetClassifier(spec, num_classes)`,
   otherwise of the pose model `EfficientHRNet(spec)`.
   """
-  directory = pathlib.Path(directory).absolute()
-  if directory.exists() and not overwrite:
-    raise UserError(f"{directory} already exists; choose another --out, remove it, or pass "
-                    "--overwrite to replace it")
+  directory = check_new_directory(directory, overwrite)
   staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
   staging.parent.mkdir(parents=True, exist_ok=True)
   try:

@@ -24,20 +24,31 @@ from ehrnet_jax.losses import LossWeights
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Which EfficientHRNet to train."""
-  variant: str = "H-4"  # "H0" ... "H-4", or a phi such as "-2.5" (ScalingSpec.from_phi).
-  input_size: int | None = None  # Training crop (multiple of 32); None = the variant's own.
+  """Which network to train: the pose model, or the backbone-only classifier (data.dataset)."""
+  # Pose (data.dataset=coco): "H0" ... "H-4"; classifier (imagenet2012, cifar100): "B0" ... "B-4"
+  # (the paper's Table 2). Either also "phi=<number>", e.g. "phi=-2.5" (ScalingSpec.from_phi).
+  variant: str = "H-4"
+  # Training crop; None = the variant's own. Pose: a multiple of 32. Classifier: any size >= 32
+  # (Table 2: 224, 195, 170, 145, 128 for B0 ... B-4).
+  input_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Training data: a COCO-layout folder, built once into a TFDS dataset (`ehrnet_jax.data`)."""
+  """Training data: a COCO-layout folder built once into a TFDS dataset (`ehrnet_jax.data`), or
+  a TFDS classification dataset (`ehrnet_jax.data.classification`)."""
+  # "coco" trains the pose model; "imagenet2012" or "cifar100" the backbone classifier.
+  dataset: str = "coco"
   # annotations/person_keypoints_{train,val}2017.json + train2017/, val2017/;
   # "" = the sample images bundled in the package (ehrnet_jax/sample_data).
   coco_dir: str = ""
   # Where the TFDS dataset of coco_dir is built (once); "" = <workdir>/tfds. Use one directory
-  # per COCO folder (the dataset's name does not depend on the folder).
+  # per COCO folder (the dataset's name does not depend on the folder). For imagenet2012 and
+  # cifar100: TFDS's data dir; "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   tfds_dir: str = ""
+  # imagenet2012 only: the folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
+  # (TFDS's manual download), read once when the dataset is first built.
+  manual_dir: str = ""
   split: str = "train"  # TFDS split: train (train2017), validation (val2017).
   per_device_batch: int = 8
   shuffle_buffer: int = 2048
@@ -46,7 +57,16 @@ class DataConfig:
   min_scale: float = 0.75  # Crop side = short image side * U[min_scale, max_scale).
   max_scale: float = 1.5
   max_translate: float = 40.0  # Pixels (times the scale).
-  flip_probability: float = 0.5
+  flip_probability: float = 0.5  # Horizontal flip (pose and classification).
+  # Classification augmentation, torchvision's RandomResizedCrop and ColorJitter: the crop's
+  # area fraction and aspect ratio ranges (then resized to the input size), and the brightness,
+  # contrast and saturation jitter (each factor uniform in [1 - j, 1 + j]).
+  crop_area: tuple[float, ...] = (0.08, 1.0)
+  crop_aspect: tuple[float, ...] = (3 / 4, 4 / 3)
+  color_jitter: float = 0.4
+  # Classification evaluation: shorter side resized to input_size / eval_crop_fraction, then the
+  # central input_size square (0.875: 256 -> 224, torchvision's ImageNet evaluation).
+  eval_crop_fraction: float = 0.875
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +78,15 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_milestones: tuple[float, ...] = (200.0, 260.0)  # In epochs; lr *= lr_factor at each.
   lr_factor: float = 0.1
-  warmup_epochs: float = 0.0  # Linear warm-up from 0 (the reference has none).
+  warmup_epochs: float = 0.0  # Linear warm-up from warmup_init_lr (the reference has none).
+  warmup_init_lr: float = 0.0  # The warm-up's first learning rate.
+  # "adam" (the reference's pose recipe: PyTorch's defaults) or "sgd" (heavy-ball momentum as
+  # PyTorch's SGD: buf = momentum * buf + grad, param -= lr * buf).
+  optimizer: str = "adam"
+  momentum: float = 0.9  # sgd only.
+  # L2 weight decay coupled as in PyTorch (grad += weight_decay * param, every parameter, before
+  # the optimiser); 0 = none (the reference's pose training ignores it).
+  weight_decay: float = 0.0
   # Keep the backbone's parameters fixed (its BN statistics still update and drop-connect stays
   # on, as in the reference). Off by default: it only makes sense with a pretrained backbone
   # (init.checkpoint), which the reference loads and this project cannot ship.
@@ -70,7 +98,10 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class InitConfig:
   """Where the initial weights come from (default: the model's random initialisation)."""
-  checkpoint: str = ""  # A directory written by ehrnet_jax.checkpoints.save_variables.
+  # An ehrnet checkpoint directory (pose model or backbone classifier: `ehrnet convert`,
+  # `ehrnet train`), or with backbone_only a .pth/.npz EfficientNet state dict in the reference's
+  # narumiruna layout (its MODEL.PRETRAINED); see ehrnet_jax.backbones.
+  checkpoint: str = ""
   backbone_only: bool = True  # Take only the backbone (params and BN statistics) from it.
 
 
@@ -79,9 +110,9 @@ class RunConfig:
   """Logging, checkpointing and evaluation cadence."""
   log_every_steps: int = 50
   checkpoint_every_steps: int = 1000
-  keep_checkpoints: int = 3  # The latest N, plus the best by AP.
+  keep_checkpoints: int = 3  # The latest N, plus the best by AP (pose) or top-1 (classifier).
   eval_every_steps: int = 0  # 0 = evaluate only at the end; -1 = never.
-  eval_split: str = "validation"  # TFDS split of data.coco_dir to evaluate on.
+  eval_split: str = "validation"  # TFDS split to evaluate on (cifar100 has "test").
   eval_max_images: int = 0  # 0 = every image of the split.
 
 
@@ -208,3 +239,25 @@ def reference_recipe(variant: str) -> Config:
       data=DataConfig(coco_dir="data/coco", per_device_batch=REFERENCE_BATCH[variant]),
       run=RunConfig(log_every_steps=100, checkpoint_every_steps=2000, keep_checkpoints=3,
                     eval_every_steps=20000))
+
+
+def classification_recipe(dataset: str, variant: str = "B0") -> Config:
+  """The paper's recipe for the backbone-only classifiers of its Table 2 (B0 ... B-4).
+
+  SGD with momentum 0.9 and weight decay 1e-4 (coupled, as PyTorch's), a linear warm-up from
+  1e-4 to 0.05 over 5 epochs, x0.1 every 30 epochs, 200 epochs; random-resized crops to the
+  variant's Table 2 input size, flips and colour jitter 0.4; top-1 on the evaluation split
+  ranks the checkpoints. 64 images per device: the global batch is that times the devices, and
+  the learning rate is not rescaled with it.
+  """
+  eval_split = {"imagenet2012": "validation", "cifar100": "test"}[dataset]
+  return Config(
+      model=ModelConfig(variant=variant),
+      data=DataConfig(dataset=dataset, per_device_batch=64, shuffle_buffer=8192,
+                      # CIFAR's evaluation takes the whole (upsampled) image, ImageNet's 87.5%.
+                      eval_crop_fraction=0.875 if dataset == "imagenet2012" else 1.0),
+      train=TrainConfig(epochs=200.0, optimizer="sgd", learning_rate=0.05, momentum=0.9,
+                        weight_decay=1e-4, warmup_epochs=5.0, warmup_init_lr=1e-4,
+                        lr_milestones=tuple(float(e) for e in range(30, 200, 30)), lr_factor=0.1),
+      run=RunConfig(log_every_steps=100, checkpoint_every_steps=2000, keep_checkpoints=3,
+                    eval_every_steps=10000, eval_split=eval_split))

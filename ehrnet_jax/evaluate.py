@@ -102,14 +102,12 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
 
 
 def _ground_truth(records):
-  """A pycocotools COCO object from the TFDS records' people.
-
-  The records hold the people of the reference (`iscrowd == 0 or num_keypoints > 0`); crowd
-  regions without keypoints exist only in their ignore masks, so they are not in this ground truth.
-  """
+  """A pycocotools COCO object from the TFDS records: the COCO json's images and annotations
+  (crowds included, values as in the json), so that both sources score alike."""
   # pylint: disable=import-outside-toplevel
   from pycocotools.coco import COCO
   from ehrnet_jax import keypoints
+  from ehrnet_jax.data import annotations
   # pylint: enable=import-outside-toplevel
   dataset = {"images": [], "annotations": [], "categories": [{
       "id": 1, "name": "person", "keypoints": list(keypoints.COCO.joints),
@@ -118,14 +116,7 @@ def _ground_truth(records):
     image_id = int(record["image_id"])
     dataset["images"].append({"id": image_id, "height": int(record["height"]),
                               "width": int(record["width"])})
-    people = record["people"]
-    for index in range(len(people["annotation_id"])):
-      dataset["annotations"].append({
-          "id": int(people["annotation_id"][index]), "image_id": image_id, "category_id": 1,
-          "keypoints": people["keypoints"][index].reshape(-1).tolist(),
-          "num_keypoints": int(people["num_keypoints"][index]),
-          "bbox": people["bbox"][index].tolist(), "area": float(people["area"][index]),
-          "iscrowd": int(people["is_crowd"][index])})
+    dataset["annotations"] += annotations.coco_annotations(record["annotations_json"], image_id)
   ground_truth = COCO()
   ground_truth.dataset = dataset
   ground_truth.createIndex()

@@ -10,6 +10,9 @@
 - Every per-image term is multiplied by its weight and averaged over the batch; the total is
   their sum.
 
+The backbone-only classifier (the paper's Table 2) trains on the softmax cross-entropy of its
+logits, averaged over the batch (`classification_loss`).
+
 All functions are pure and jittable; arrays are NHWC like the model outputs.
 """
 
@@ -18,6 +21,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +113,14 @@ def pose_loss(outputs, batch: Mapping[str, jax.Array],
       "push": weights.push * push.mean(),
   }
   return sum(components.values()), components
+
+
+def classification_loss(logits: jax.Array, batch: Mapping[str, jax.Array]
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Softmax cross-entropy of (B, classes) logits against batch["label"] (B,) int, batch mean.
+
+  Returns (total, {"cross_entropy": total}), like `pose_loss`; computed in float32.
+  """
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
+      jnp.asarray(logits, jnp.float32), batch["label"]).mean()
+  return cross_entropy, {"cross_entropy": cross_entropy}

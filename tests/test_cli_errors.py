@@ -10,9 +10,10 @@ from ehrnet_jax import samples
 from ehrnet_jax.cli import main
 from ehrnet_jax.scaling import ScalingSpec
 
-# Placeholders in the command lines: {tmp} a fresh folder holding notes.txt, garbage.onnx and
-# empty/; {ckpt} an H-4 checkpoint; {coco} the bundled COCO folder (split train2017 only);
-# {weights} the bundled H-4 state dict (.npz); {image} a bundled image.
+# Placeholders in the command lines: {tmp} a fresh folder holding notes.txt, garbage.onnx, empty/
+# and old/ (a TFDS dir with a version 1.0.0 build); {ckpt} an H-4 checkpoint; {coco} the bundled
+# COCO folder (split train2017 only); {weights} the bundled H-4 state dict (.npz); {image} a
+# bundled image.
 CHECKPOINT = ["--variant", "H-4", "--checkpoint", "{ckpt}"]
 SAMPLE_COCO = ["--coco-dir", "{coco}", "--split", "train2017", "--out", "{tmp}/eval"]
 CASES = {
@@ -46,6 +47,9 @@ CASES = {
                                    ["does not match variant H-3", "ehrnet info"]),
     "existing --out": (["convert", "{weights}", "--variant", "H-4", "--out", "{ckpt}"],
                        ["already exists", "--overwrite"]),
+    "existing --out, before reading SRC": (
+        ["convert", "{tmp}/notes.txt", "--variant", "H-4", "--out", "{ckpt}"],
+        ["already exists", "--overwrite"]),
     # Data
     "missing COCO folder": (["evaluate", *CHECKPOINT, "--coco-dir", "{tmp}/nope", "--out",
                              "{tmp}/eval"], ["nope: no such folder", "--coco-dir"]),
@@ -59,6 +63,14 @@ CASES = {
     "TFDS dataset not built": (["evaluate", *CHECKPOINT, "--data-dir", "{tmp}/empty", "--out",
                                 "{tmp}/eval"],
                                ["no 'coco' dataset built there", "ehrnet data --coco-dir"]),
+    "TFDS dataset of an older version": (
+        ["evaluate", *CHECKPOINT, "--data-dir", "{tmp}/old", "--out", "{tmp}/eval"],
+        ["coco_keypoints/coco: built as version 1.0.0", "`ehrnet data --coco-dir ROOT",
+         "delete the old", "old/coco_keypoints/coco/1.0.0"]),
+    "ehrnet data without the COCO folder": (
+        ["data", "--coco-dir", "{tmp}/nope", "--data-dir", "{tmp}/tfds"],
+        ["nope: no such folder", "person_keypoints_train2017.json with its images in train2017/",
+         "unpack annotations_trainval2017.zip"]),
     "missing input": (["predict", *CHECKPOINT, "--out", "{tmp}/p", "{tmp}/nope.jpg"],
                       ["nope.jpg: no such file or folder"]),
     "folder without images": (["predict", *CHECKPOINT, "--out", "{tmp}/p", "{tmp}/empty"],
@@ -129,6 +141,9 @@ def run(places, tmp_path, capsys):
   (tmp_path / "notes.txt").write_text("not a model\n")
   (tmp_path / "garbage.onnx").write_bytes(b"not a model")
   (tmp_path / "empty").mkdir()
+  old_build = tmp_path / "old" / "coco_keypoints" / "coco" / "1.0.0"
+  old_build.mkdir(parents=True)
+  (old_build / "dataset_info.json").write_text("{}")
 
   def run_argv(argv):
     argv = [arg.format(tmp=tmp_path, **places) for arg in argv]

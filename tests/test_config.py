@@ -54,11 +54,12 @@ def test_override_errors(assignment, message):
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_model_configs_follow_the_reference(name):
-  from ehrnet_jax.training.loop import resolve_spec
+  from ehrnet_jax.training.tasks import make_task
   variant, input_size, batch = REFERENCE[name]
   config = load_config(EXPERIMENTS / name)
-  spec, size = resolve_spec(config)
-  assert (spec.name, size, config.data.per_device_batch) == (variant, input_size, batch)
+  task = make_task(config)
+  assert (task.spec.name, task.input_size, config.data.per_device_batch) == (variant, input_size,
+                                                                            batch)
   train = config.train
   assert (train.learning_rate, train.lr_milestones, train.lr_factor, train.epochs,
           train.warmup_epochs) == (1e-3, (200.0, 260.0), 0.1, 300.0, 0.0)

@@ -1,6 +1,7 @@
 """The TFDS builder against pycocotools' view of the same json, and its handling of bad input."""
 
 import io
+import json
 import pathlib
 
 import cv2
@@ -54,6 +55,8 @@ def test_builder_agrees_with_pycocotools(built, coco_mini_dir):
         union |= coco.annToMask(a) > 0
     mask = annotations.decode_mask(record["ignore_mask_rle"], info["height"], info["width"])
     np.testing.assert_array_equal(mask, union)
+    fields = ("id", "iscrowd", "num_keypoints", "bbox", "area", "keypoints")
+    assert json.loads(record["annotations_json"]) == [{f: a[f] for f in fields} for a in anns]
 
 
 def test_validation_keeps_every_image_and_the_stored_bytes(built, coco_mini_dir):
@@ -156,6 +159,8 @@ def test_crowdpose_style_14_joints(tmp_path):
   assert record["people"]["keypoints"].shape == (1, 14, 3)
   assert record["people"]["num_keypoints"].tolist() == [1]  # Counted from v > 0.
   assert record["people"]["area"].tolist() == [100.0]  # From the box.
+  assert [(a["area"], a["num_keypoints"]) for a in json.loads(record["annotations_json"])] == [
+      (100.0, 1)]
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -45,7 +45,7 @@ def _run_step(out: str, coordinator: str = "", num_processes: int = 0, process_i
   shard = {k: v[jax.process_index() * local:(jax.process_index() + 1) * local]
            for k, v in batch.items()}
   p_step = step_lib.pmap_train_step(
-      step_lib.make_train_step(model, tx, losses.LossWeights(), False, axis_name=step_lib.AXIS),
+      step_lib.make_train_step(model, tx, losses.pose_loss, False, axis_name=step_lib.AXIS),
       prepare=targets.prepare_batch)
   replicated, metrics = p_step(step_lib.replicate(state), shard, rng)
   replicated, metrics = jax.device_get((replicated, metrics))

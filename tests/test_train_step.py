@@ -37,7 +37,7 @@ def _setup(freeze_backbone: bool):
   tx = optim.make_optimizer(TrainConfig(freeze_backbone=freeze_backbone), steps_per_epoch=10)
   state = create_train_state(model, tx, SIZE, jax.random.key(0))
   batch = targets.prepare_batch(host_batch(np.random.default_rng(0), 2, SIZE))
-  step = jax.jit(step_lib.make_train_step(model, tx, losses.LossWeights(), freeze_backbone))
+  step = jax.jit(step_lib.make_train_step(model, tx, losses.pose_loss, freeze_backbone))
   return model, state, batch, step
 
 

@@ -35,6 +35,7 @@ def run(args) -> int:
   from ehrnet_jax.scaling import (  # pylint: disable=import-outside-toplevel
       CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant)
 
+  checkpoints.check_new_directory(args.out, args.overwrite)  # Before the conversion, not after it.
   state_dict = convert.load_state_dict(args.source)
   if args.variant in CLASSIFIER_VARIANTS:
     spec, _ = classifier_variant(args.variant)

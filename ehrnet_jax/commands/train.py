@@ -1,4 +1,5 @@
-"""`ehrnet train`: train (or resume training) a model from an experiment config."""
+"""`ehrnet train`: train (or resume training) a model from an experiment config: the pose
+model on COCO, or the backbone-only classifier on imagenet2012 / cifar100 (data.dataset)."""
 
 import argparse
 import json
@@ -8,6 +9,10 @@ EXAMPLE = """examples:
   ehrnet train --config experiments/h-4.py --workdir runs/h-4 \\
       --set data.coco_dir=~/data/coco --set data.tfds_dir=~/tensorflow_datasets/coco
   ehrnet train --config experiments/h-4.py --workdir runs/h-4 --print-config
+  ehrnet train --config experiments/backbone_imagenet.py --set model.variant=B-2 \\
+      --set data.manual_dir=~/imagenet --workdir runs/B-2      (backbone classifier, Table 2)
+  ehrnet train --config experiments/h-2.py --workdir runs/h-2 \\
+      --set init.checkpoint=runs/B-2/variables                 (pose from that backbone)
 
 Every config field can be overridden with --set SECTION.FIELD=VALUE (repeatable), e.g.
 --set train.epochs=10 --set train.lr_milestones=5,8 --set train.freeze_backbone=true.
@@ -43,7 +48,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from ehrnet_jax.config import load_config
+  from ehrnet_jax.training.tasks import make_task
   config = load_config(args.config, args.overrides)
+  make_task(config)  # Checks the model and dataset fields before anything starts.
   if args.print_config:
     print(json.dumps(config.to_dict(), indent=2))
     return 0

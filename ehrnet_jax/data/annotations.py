@@ -9,6 +9,10 @@ Facts of the reference (HigherHRNet's `CocoKeypoints`) that this module reproduc
 Beyond the reference (which crashes there): at most `MAX_PEOPLE` people with keypoints are kept
 per image, the largest by area; the others join the ignore mask so that they are neither
 positives nor background.
+
+Evaluation needs more than the people: `ground_truth_json` keeps every annotation of an image
+(crowds and dropped people included) with the fields pycocotools' keypoint evaluation reads, and
+`coco_annotations` turns them back into the json's annotations.
 """
 
 import dataclasses
@@ -23,6 +27,9 @@ from ehrnet_jax.errors import UserError
 from ehrnet_jax.keypoints import KeypointSet
 
 MAX_PEOPLE = 30  # The reference's MAX_NUM_PEOPLE: rows of the tag-loss joint list.
+# What `COCOeval(iouType="keypoints")` reads of a ground-truth annotation besides image_id and
+# category_id.
+GROUND_TRUTH_FIELDS = ("id", "bbox", "area", "iscrowd", "num_keypoints", "keypoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +150,20 @@ def select_people(record: ImageRecord, num_joints: int, max_people: int = MAX_PE
       num_keypoints=np.asarray([a["num_keypoints"] for a in kept], np.int32),
       annotation_id=np.asarray([a["id"] for a in kept], np.int64),
       dropped=tuple(people[i] for i in sorted(dropped_index)))
+
+
+def ground_truth_json(record: ImageRecord) -> str:
+  """Every annotation of the image, json order, as JSON text of its `GROUND_TRUTH_FIELDS`.
+
+  Text keeps the json's values exactly: TFDS stores float64 features as float32.
+  """
+  return json.dumps([{field: ann[field] for field in GROUND_TRUTH_FIELDS}
+                     for ann in record.annotations])
+
+
+def coco_annotations(text: str | bytes, image_id: int, category_id: int = 1) -> list[dict]:
+  """The json annotations of one image back from `ground_truth_json`'s text."""
+  return [{"image_id": image_id, "category_id": category_id, **ann} for ann in json.loads(text)]
 
 
 def _region(ann: dict, height: int, width: int, where: str) -> np.ndarray:

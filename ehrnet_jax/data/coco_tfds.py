@@ -41,10 +41,16 @@ class CocoKeypointsConfig(tfds.core.BuilderConfig):
   """A keypoint set and the folder layout of its splits."""
 
   def __init__(self, *, keypoint_set: keypoint_sets.KeypointSet, splits: dict[str, SplitFiles],
-               **kwargs):
+               download: str, **kwargs):
     super().__init__(**kwargs)
     self.keypoint_set = keypoint_set
     self.splits = splits
+    self.download = download  # Where to get the files, for error messages.
+
+  def layout(self) -> str:
+    """The files the dataset root holds, in words."""
+    return ", ".join(f"{files.annotations} with its images in {files.images}/"
+                     for files in self.splits.values())
 
 
 COCO_CONFIG = CocoKeypointsConfig(
@@ -54,7 +60,8 @@ COCO_CONFIG = CocoKeypointsConfig(
     splits={
         "train": SplitFiles("annotations/person_keypoints_train2017.json", "train2017", False),
         "validation": SplitFiles("annotations/person_keypoints_val2017.json", "val2017", True),
-    })
+    },
+    download="annotations_trainval2017.zip, train2017.zip and val2017.zip from cocodataset.org")
 
 CROWDPOSE_CONFIG = CocoKeypointsConfig(
     name="crowdpose",
@@ -63,14 +70,20 @@ CROWDPOSE_CONFIG = CocoKeypointsConfig(
     splits={
         "train": SplitFiles("json/crowdpose_trainval.json", "images", False),
         "test": SplitFiles("json/crowdpose_test.json", "images", True),
-    })
+    },
+    download="json/ and images/ from github.com/Jeff-sjtu/CrowdPose")
 
 
 class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
-  """Person keypoints, boxes, crowd flags and the ignore mask of a COCO-style folder."""
+  """Person keypoints, boxes, crowd flags, the ignore mask and the evaluation ground truth of a
+  COCO-style folder."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First version.",
+      "1.1.0": "`annotations_json`: every annotation of the image (crowds included) as in the "
+               "json, the ground truth of `ehrnet evaluate --data-dir`.",
+  }
   BUILDER_CONFIGS = [COCO_CONFIG, CROWDPOSE_CONFIG]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Give the dataset root as manual_dir. For the `coco` config it holds
@@ -100,6 +113,10 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
             # 1 where the loss ignores the image, at the stored image size, as COCO compressed
             # RLE counts (`annotations.decode_mask`): 10x faster to read than a PNG.
             "ignore_mask_rle": tfds.features.Text(),
+            # Every annotation of the image (crowds and dropped people included), json order,
+            # as JSON text of what pycocotools reads: the evaluation ground truth
+            # (`annotations.ground_truth_json`).
+            "annotations_json": tfds.features.Text(),
         }),
         homepage="https://cocodataset.org/#keypoints-2017",
     )
@@ -140,6 +157,7 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
           },
           "people_dropped": len(people.dropped),
           "ignore_mask_rle": annotations.encode_mask(mask).decode("ascii"),
+          "annotations_json": annotations.ground_truth_json(record),
       }
 
 
@@ -173,10 +191,25 @@ def build(coco_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
           config: str = "coco") -> CocoKeypoints:
   """Builds (once) the dataset of `coco_dir` into `data_dir`; returns the prepared builder."""
   coco_dir = pathlib.Path(coco_dir).expanduser()
-  if not coco_dir.is_dir():
-    raise UserError(f"{coco_dir}: COCO folder not found")
   builder = CocoKeypoints(config=config, data_dir=str(data_dir))
+  if not coco_dir.is_dir():
+    raise UserError(f"{coco_dir}: no such folder; --coco-dir must be the dataset root holding "
+                    f"{builder.builder_config.layout()}: fix the path, or unpack "
+                    f"{builder.builder_config.download} there")
   present_splits(builder.builder_config, coco_dir)  # Before TFDS: a clear error, no traceback.
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(coco_dir)))
   return builder
+
+
+def check_version(builder: CocoKeypoints) -> None:
+  """A UserError to rebuild when the data dir holds `builder`'s config only at other versions
+  (built by another ehrnet_jax, with other features)."""
+  config_dir = pathlib.Path(builder.data_path).parent
+  others = sorted(path.parent for path in config_dir.glob("*/dataset_info.json")
+                  if tfds.core.Version.is_valid(path.parent.name))
+  if others and not builder.is_prepared():
+    raise UserError(
+        f"{config_dir}: built as version {', '.join(p.name for p in others)}, this ehrnet_jax "
+        f"reads version {builder.version}; rebuild it with `ehrnet data --coco-dir ROOT "
+        f"--data-dir {builder.data_dir_root}`, then delete the old {', '.join(map(str, others))}")

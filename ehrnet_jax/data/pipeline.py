@@ -15,7 +15,7 @@ builds the trainer's float batch on device (see docs/CONTRACTS.md, "Training bat
 """
 
 import atexit
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import pathlib
 import weakref
 
@@ -38,21 +38,23 @@ _TRAIN_KEYS = ("image", "mask_4", "mask_2", "keypoints_4", "keypoints_2")  # Fro
 def load_builder(data_dir: str | pathlib.Path, config: str = "coco") -> coco_tfds.CocoKeypoints:
   """The prepared builder in `data_dir`; a UserError says how to build it when absent."""
   builder = coco_tfds.CocoKeypoints(config=config, data_dir=str(data_dir))
+  coco_tfds.check_version(builder)
   if not builder.is_prepared():
     raise UserError(f"{data_dir}: no '{config}' dataset built there; run "
                     f"`ehrnet data --coco-dir ROOT --data-dir {data_dir}` first")
   return builder
 
 
-def _host_split(builder, split: str, process_index: int, process_count: int,
-                drop_remainder: bool) -> str:
+def split_of_host(builder, split: str, process_index: int, process_count: int,
+                  drop_remainder: bool) -> str:
   """This host's part of `split` (training drops the remainder, evaluation keeps every image)."""
   if split not in builder.info.splits:
     raise UserError(f"split '{split}' not built; available: {', '.join(builder.info.splits)}")
   return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  """(process index, process count): the given ones, or JAX's when either is None."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top  # Only when the caller did not say.
     return jax.process_index(), jax.process_count()
@@ -87,6 +89,40 @@ def _train_shapes(input_size: int, num_joints: int) -> dict[str, tuple[tuple[int
   }
 
 
+def endless_batches(records: tf.data.Dataset, example: Callable, *, epoch_size: int,
+                    num_devices: int, per_device_batch: int, seed: int, start_step: int,
+                    shuffle_buffer: int) -> tf.data.Dataset:
+  """Batches `(num_devices, per_device_batch, ...)` of `example(index, record)`, endless.
+
+  Epoch e visits `records` in an order keyed by (seed, e); `index` counts the examples from the
+  start of training, so the stream from `start_step` on is the same whether or not the run was
+  interrupted (the element's randomness is keyed by `index`).
+  """
+  host_batch = num_devices * per_device_batch
+  start_element = start_step * host_batch
+  start_epoch = start_element // epoch_size
+
+  def epoch(e):
+    return records.shuffle(min(shuffle_buffer, epoch_size), seed=seed * 1_000_003 + e,
+                           reshuffle_each_iteration=False)
+
+  def per_device(batch):
+    return {k: tf.reshape(v, (num_devices, per_device_batch) + tuple(v.shape[1:]))
+            for k, v in batch.items()}
+
+  ds = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+        .flat_map(epoch)
+        .enumerate(start=start_epoch * epoch_size)
+        .skip(start_element - start_epoch * epoch_size)
+        .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(host_batch, drop_remainder=True)
+        .map(per_device)
+        .prefetch(tf.data.AUTOTUNE))
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
 def train_dataset(data_dir: str | pathlib.Path, *, input_size: int, per_device_batch: int,
                   num_devices: int, seed: int, start_step: int = 0, split: str = "train",
                   config: str = "coco", process_index: int | None = None,
@@ -102,23 +138,15 @@ def train_dataset(data_dir: str | pathlib.Path, *, input_size: int, per_device_b
   """
   if input_size % 4:
     raise UserError(f"input size {input_size} is not a multiple of 4")
-  process_index, process_count = _process(process_index, process_count)
+  process_index, process_count = process_shard(process_index, process_count)
   builder = load_builder(data_dir, config)
   keypoint_set = builder.builder_config.keypoint_set
-  host_split = _host_split(builder, split, process_index, process_count, drop_remainder=True)
+  host_split = split_of_host(builder, split, process_index, process_count, drop_remainder=True)
   records = builder.as_dataset(split=host_split, shuffle_files=False,
                                decoders={"image": _SKIP})
   epoch_size = builder.info.splits[host_split].num_examples
-  host_batch = num_devices * per_device_batch
   if epoch_size == 0:
     raise UserError(f"{data_dir}: split '{host_split}' has no examples")
-  start_element = start_step * host_batch
-  start_epoch = start_element // epoch_size
-
-  def epoch(e):  # The records of epoch e, in an order keyed by (seed, e).
-    return records.shuffle(min(shuffle_buffer, epoch_size), seed=seed * 1_000_003 + e,
-                           reshuffle_each_iteration=False)
-
   fn = _augment_fn(seed, process_index, input_size, keypoint_set.flip_index, augment_config)
   shapes = _train_shapes(input_size, keypoint_set.num_joints)
 
@@ -131,21 +159,9 @@ def train_dataset(data_dir: str | pathlib.Path, *, input_size: int, per_device_b
       tensor.set_shape(shapes[key][0])
     return {"image_id": record["image_id"], **dict(zip(_TRAIN_KEYS, outputs))}
 
-  def per_device(batch):
-    return {k: tf.reshape(v, (num_devices, per_device_batch) + shapes[k][0])
-            for k, v in batch.items()}
-
-  ds = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
-        .flat_map(epoch)
-        .enumerate(start=start_epoch * epoch_size)
-        .skip(start_element - start_epoch * epoch_size)
-        .map(example, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(host_batch, drop_remainder=True)
-        .map(per_device)
-        .prefetch(tf.data.AUTOTUNE))
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  return endless_batches(records, example, epoch_size=epoch_size, num_devices=num_devices,
+                         per_device_batch=per_device_batch, seed=seed, start_step=start_step,
+                         shuffle_buffer=shuffle_buffer)
 
 
 class NumpyIterator:
@@ -195,9 +211,9 @@ def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = 
   float64 (2,), with which `augment.affine_matrix(center, scale[0], 0, (w', h'))` maps image to
   input and its inverse maps predictions back.
   """
-  process_index, process_count = _process(process_index, process_count)
+  process_index, process_count = process_shard(process_index, process_count)
   builder = load_builder(data_dir, config)
-  host_split = _host_split(builder, split, process_index, process_count, drop_remainder=False)
+  host_split = split_of_host(builder, split, process_index, process_count, drop_remainder=False)
   records = builder.as_dataset(split=host_split, shuffle_files=False, decoders={"image": _SKIP})
 
   def fn(encoded):

@@ -7,9 +7,10 @@ One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two it
 
 Saves are asynchronous (training continues while the files are written) and atomic (orbax
 writes to a temporary directory and renames it), so a run killed at any moment resumes from the
-last complete checkpoint. Kept: the latest `keep` checkpoints plus the best one by AP (a save
-with `metrics={"ap": ...}`). Restoring uses the abstract target (shapes, dtypes and the optax
-named tuples of a freshly built state), so the optimiser state comes back with its structure.
+last complete checkpoint. Kept: the latest `keep` checkpoints plus the best one by the task's
+metric (a save with `metrics={metric: ...}`: "ap" for pose, "top1" for classification).
+Restoring uses the abstract target (shapes, dtypes and the optax named tuples of a freshly built
+state), so the optimiser state comes back with its structure.
 """
 
 import os
@@ -23,22 +24,21 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.training.state import TrainState
 
-BEST_METRIC = "ap"
-
-
 class Checkpointer:
-  """Saves and restores `TrainState`s in `directory` (made absolute; orbax requires it)."""
+  """Saves and restores `TrainState`s in `directory` (made absolute; orbax requires it); the
+  best checkpoint is the one with the highest `metric` (higher is better)."""
 
-  def __init__(self, directory: str | os.PathLike, keep: int):
+  def __init__(self, directory: str | os.PathLike, keep: int, metric: str = "ap"):
     self.directory = os.path.abspath(os.fspath(directory))
+    self.metric = metric
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=False, n=1,
+        policies.BestN(get_metric_fn=lambda metrics: metrics[metric], reverse=False, n=1,
                        keep_checkpoints_without_metrics=False),
     ])
     # best_fn also makes orbax write each save's metrics to disk (for the policy after a restart).
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation, best_fn=lambda metrics: metrics[BEST_METRIC],
+        preservation_policy=preservation, best_fn=lambda metrics: metrics[metric],
         best_mode="max", keep_checkpoints_without_metrics=True, create=True,
         enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
@@ -77,14 +77,14 @@ class Checkpointer:
     return restored.state, restored.meta
 
   def best_step(self) -> int | None:
-    """The saved step with the highest AP (the latest step when no save had metrics)."""
+    """The saved step with the best metric (the latest step when no save had metrics)."""
     return self._manager.best_step()
 
-  def best_ap(self) -> float:
-    """The highest AP saved so far (-inf when no save had metrics)."""
+  def best_value(self) -> float:
+    """The best metric saved so far (-inf when no save had metrics)."""
     step = self._manager.best_step()
     metrics = self._manager.metrics(step) if step is not None else None
-    return float(metrics[BEST_METRIC]) if metrics and BEST_METRIC in metrics else float("-inf")
+    return float(metrics[self.metric]) if metrics and self.metric in metrics else float("-inf")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -1,5 +1,9 @@
 """`train(config, workdir)`: the training job, from a config to a trained, evaluated model.
 
+One loop trains both models of the project: the pose network on COCO and the backbone-only
+classifier on imagenet2012 / cifar100; `data.dataset` picks the task (`tasks.py`), which supplies
+the model, the loss, the input pipeline, the evaluation and its ranking metric (AP or top-1).
+
 The loop resumes automatically from the latest checkpoint in `<workdir>/checkpoints` (state and
 data position), so the same command restarts a preempted run and ends with the same parameters
 as an uninterrupted one. Each process feeds its local devices with its own shard of the data;
@@ -7,12 +11,13 @@ the pmapped step keeps every replica identical.
 
 Files in the work dir:
   config.json          the resolved config (process 0)
-  checkpoints/<step>/  orbax training checkpoints (latest N + best by AP)
+  checkpoints/<step>/  orbax training checkpoints (latest N + best by AP or top-1)
   metrics.jsonl        one JSON object per log step and per evaluation
   tensorboard/         the same scalars as TensorBoard events
-  variables/           the final model (`ehrnet_jax.checkpoints` format: evaluate, predict, export)
-  best/                the model with the best AP so far, when evaluation runs
-  tfds/                the TFDS build of data.coco_dir (unless data.tfds_dir says otherwise)
+  variables/           the final model (`ehrnet_jax.checkpoints` format: evaluate, predict, export;
+                       for the classifier with its number of classes)
+  best/                the model with the best AP / top-1 so far, when evaluation runs
+  tfds/                pose: the TFDS build of data.coco_dir (unless data.tfds_dir says otherwise)
 """
 
 import collections
@@ -20,65 +25,44 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import flax.jax_utils
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ehrnet_jax import checkpoints
+from ehrnet_jax import backbones
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet
-from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.checkpointing import Checkpointer
-from ehrnet_jax.training.evaluation import CocoEvaluator
-from ehrnet_jax.training.input import Batch, CocoTrainData, TrainData
+from ehrnet_jax.training.input import Batch, TrainData
 from ehrnet_jax.training.state import (TrainState, abstract_train_state, create_train_state,
                                        init_variables)
+from ehrnet_jax.training.tasks import EvaluateFn, Task, make_task
 from ehrnet_jax.training.writers import MetricWriter, ProgressBar
-
-# (variables, spec) -> metrics with at least "ap" (COCO keypoint AP).
-EvaluateFn = Callable[[dict[str, Any], ScalingSpec], dict[str, float]]
 
 
 class NonFiniteLossError(UserError):
   """The loss became NaN or infinite; the message names the step and the batch."""
 
 
-def resolve_spec(config: Config) -> tuple[ScalingSpec, int]:
-  """The model spec and the training crop size of `config`."""
-  spec = ScalingSpec.from_name(config.model.variant)
-  size = config.model.input_size or spec.input_size
-  spec.check_input_shape(size, size)
-  return spec, size
-
-
-def make_model(config: Config, spec: ScalingSpec) -> nn.Module:
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.train.compute_dtype not in dtypes:
-    raise UserError(f"train.compute_dtype={config.train.compute_dtype!r}: expected one of "
-                    f"{', '.join(dtypes)}")
-  return EfficientHRNet(spec, dtype=dtypes[config.train.compute_dtype])
-
-
 def total_steps(config: Config, steps_per_epoch: int) -> int:
   return config.train.steps or max(1, round(config.train.epochs * steps_per_epoch))
 
 
-def _initial_variables(config: Config, spec: ScalingSpec, model: nn.Module,
-                       input_size: int, rng: jax.Array) -> dict[str, Any] | None:
-  """Variables of `init.checkpoint` (whole or backbone only), or None for random init."""
-  if not config.init.checkpoint:
+def _initial_variables(task: Task, model: nn.Module, rng: jax.Array) -> dict[str, Any] | None:
+  """Variables of `init.checkpoint`, or None for random init. With `init.backbone_only`, the
+  backbone of a pose or classifier checkpoint or of an EfficientNet state dict
+  (`ehrnet_jax.backbones`) over a random init of the rest."""
+  init = task.config.init
+  if not init.checkpoint:
     return None
-  loaded, _ = checkpoints.load_variables(config.init.checkpoint, expected=spec)
-  if not config.init.backbone_only:
-    return loaded
-  fresh = init_variables(model, input_size, rng)
-  return {c: {**fresh[c], optim.BACKBONE: loaded[c][optim.BACKBONE]} for c in fresh}
+  if not init.backbone_only:
+    return task.load_whole(init.checkpoint)
+  backbone = backbones.load_backbone(init.checkpoint, task.spec)
+  return backbones.with_backbone(init_variables(model, task.input_size, rng), backbone)
 
 
 class _NonFiniteGuard:
@@ -146,11 +130,12 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   Args:
     config: the run's config.
     workdir: where checkpoints, logs and the final model go (created if missing).
-    data: the input pipeline; default `CocoTrainData` on `config.data`.
-    evaluate: the evaluation hook (`"ap"` ranks the checkpoints); default COCO AP on
-      `config.run.eval_split` of the COCO data (`CocoEvaluator`), unless `data` is given or
+    data: the input pipeline; default the task's (`CocoTrainData`, `ClassificationTrainData`).
+    evaluate: the evaluation hook; its task metric ("ap" for pose, "top1" for classification)
+      ranks the checkpoints. Default COCO AP (`CocoEvaluator`) or top-1/top-5
+      (`ClassificationEvaluator`) on `config.run.eval_split`, unless `data` is given or
       `config.run.eval_every_steps` is -1.
-    model: the network; default `EfficientHRNet` of `config.model`.
+    model: the network; default the task's (`EfficientHRNet`, `EfficientNetClassifier`).
 
   Raises:
     NonFiniteLossError: when the loss becomes NaN or infinite.
@@ -158,38 +143,38 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  spec, input_size = resolve_spec(config)
-  model = model or make_model(config, spec)
+  task = make_task(config)
+  spec, input_size = task.spec, task.input_size
+  model = model or task.make_model()
   global_batch = config.data.per_device_batch * jax.device_count()
   if data is None:
-    data = CocoTrainData(config.data, input_size, config.train.seed, workdir)
+    data = task.train_data(workdir)
     if evaluate is None and config.run.eval_every_steps >= 0:
-      evaluate = CocoEvaluator(data.tfds_dir, config.run.eval_split, input_size,
-                               config.run.eval_max_images)
+      evaluate = task.evaluator(data, model)
   steps_per_epoch = max(1, data.num_examples // global_batch)
   num_steps = total_steps(config, steps_per_epoch)
   tx = optim.make_optimizer(config.train, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config.train, steps_per_epoch)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.run.keep_checkpoints)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.run.keep_checkpoints,
+                              metric=task.metric)
   if checkpointer.latest_step() is None:
-    state = _fresh_state(config, spec, model, tx, input_size)
+    state = _fresh_state(task, model, tx)
   else:  # Resume: the abstract state gives the structure, the checkpoint the values.
     state, meta = checkpointer.restore(abstract_train_state(model, tx, input_size))
-    _check_resumable(meta, spec, global_batch, checkpointer.directory)
+    _check_resumable(meta, task.name, global_batch, checkpointer.directory)
   start = int(state.step)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       json.dump(config.to_dict(), f, indent=2)
 
-  from ehrnet_jax.data import targets  # TensorFlow-free, but only needed from here on.
   p_step = step_lib.pmap_train_step(step_lib.make_train_step(
-      model, tx, config.loss, config.train.freeze_backbone,
-      axis_name=step_lib.AXIS), prepare=targets.prepare_batch)
+      model, tx, task.loss_fn, config.train.freeze_backbone,
+      axis_name=step_lib.AXIS), prepare=task.prepare)
   writer = MetricWriter(workdir, enabled=is_main)
   progress = ProgressBar(start, num_steps, enabled=is_main)
   guard = _NonFiniteGuard(workdir, steps_per_epoch)
   throughput = _Throughput(global_batch)
-  best_ap = checkpointer.best_ap()
+  best = checkpointer.best_value()
 
   def log(step: int, metrics: dict[str, jax.Array]) -> None:
     done = step + 1
@@ -204,20 +189,21 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
                     **({"img/s": rate} if rate is not None else {}))
 
   def evaluate_and_save(host_state: TrainState, done: int) -> None:
-    nonlocal best_ap
+    nonlocal best
     result = evaluate(host_state.variables, spec) if evaluate and _eval_due(config, done,
                                                                             num_steps) else None
     if result is not None:
       writer.write(done, {f"eval/{k}": v for k, v in result.items()})
       progress.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-      if result["ap"] > best_ap and is_main:
-        best_ap = result["ap"]
-        checkpoints.save_variables(os.path.join(workdir, "best"), host_state.variables, spec,
-                                   source=f"ehrnet train, step {done}", overwrite=True)
+      if result[task.metric] > best and is_main:
+        best = result[task.metric]
+        task.save(os.path.join(workdir, "best"), host_state.variables,
+                  source=f"ehrnet train, step {done}")
     epoch, index = divmod(done, steps_per_epoch)
-    meta = {"step": done, "epoch": epoch, "batch_in_epoch": index, "model": spec.name,
+    meta = {"step": done, "epoch": epoch, "batch_in_epoch": index, "model": task.name,
             "global_batch": global_batch, "config": config.to_dict()}
-    checkpointer.save(host_state, meta, metrics={"ap": result["ap"]} if result else None)
+    checkpointer.save(host_state, meta,
+                      metrics={task.metric: result[task.metric]} if result else None)
 
   step_key = lambda step, rng=state.rng: jax.random.fold_in(jax.random.wrap_key_data(rng), step)
   rstate = step_lib.replicate(state)
@@ -246,8 +232,8 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   checkpointer.close()
   final = jax.device_get(flax.jax_utils.unreplicate(rstate))
   if is_main:
-    checkpoints.save_variables(os.path.join(workdir, "variables"), final.variables, spec,
-                               source=f"ehrnet train, step {int(final.step)}", overwrite=True)
+    task.save(os.path.join(workdir, "variables"), final.variables,
+              source=f"ehrnet train, step {int(final.step)}")
   writer.close()
   return final
 
@@ -257,21 +243,21 @@ def _eval_due(config: Config, done: int, num_steps: int) -> bool:
   return (every > 0 and done % every == 0) or (every >= 0 and done == num_steps)
 
 
-def _fresh_state(config: Config, spec: ScalingSpec, model: nn.Module, tx,
-                 input_size: int) -> TrainState:
+def _fresh_state(task: Task, model: nn.Module, tx) -> TrainState:
   """The step-0 state: random or `init.checkpoint` variables, the seed's training key."""
+  config = task.config
   rng = jax.random.key(config.train.seed)
   if config.train.freeze_backbone and not config.init.checkpoint:
     print("warning: train.freeze_backbone=True with a randomly initialised backbone (no "
-          "init.checkpoint): only the HR network and the head will learn.")
+          "init.checkpoint): only the layers after the backbone will learn.")
   # The same init key as create_train_state's, so the non-loaded parts match a random start.
   init_rng = jax.random.split(rng)[0]
-  return create_train_state(model, tx, input_size, rng,
-                            _initial_variables(config, spec, model, input_size, init_rng))
+  return create_train_state(model, tx, task.input_size, rng,
+                            _initial_variables(task, model, init_rng))
 
 
-def _check_resumable(meta: dict, spec: ScalingSpec, global_batch: int, where: str) -> None:
-  if meta["model"] != spec.name or meta["global_batch"] != global_batch:
+def _check_resumable(meta: dict, name: str, global_batch: int, where: str) -> None:
+  if meta["model"] != name or meta["global_batch"] != global_batch:
     raise UserError(f"{where}: the run there trains {meta['model']} with a global batch of "
-                    f"{meta['global_batch']}, this config {spec.name} with {global_batch}; use "
+                    f"{meta['global_batch']}, this config {name} with {global_batch}; use "
                     f"another --workdir")

@@ -1,5 +1,9 @@
 """The training step: a pure function `(state, batch, rng) -> (state, metrics)`.
 
+The same step trains the pose model and the backbone classifier: it is bound to the task's loss
+function `(model outputs, batch) -> (total, components)` (`losses.pose_loss`,
+`losses.classification_loss`; see `tasks.py`).
+
 Run under `jax.pmap` with `axis_name`, each device takes its shard of the batch, uses the key
 `fold_in(rng, device_index)` for drop-connect, and the gradients, the updated batch-norm
 statistics and the metrics are averaged over the device axis (`lax.pmean`), so every replica
@@ -21,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ehrnet_jax import losses
 from ehrnet_jax.training import optim
 from ehrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+# (model outputs, batch) -> (total loss, {component name: scalar}), the components summing to it.
+LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 AXIS = "devices"
 
 
@@ -38,9 +43,10 @@ def _split_frozen(params: dict[str, Any], freeze_backbone: bool):
 
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, weights: losses.LossWeights,
+               tx: optax.GradientTransformation, loss_fn: LossFn,
                freeze_backbone: bool, axis_name: str | None) -> tuple[TrainState, dict]:
-  """One optimiser step on `batch` (images (B, S, S, 3) and the targets of CONTRACTS.md).
+  """One optimiser step on `batch` (the prepared batch: "image" (B, S, S, 3) and the targets
+  `loss_fn` reads).
 
   Returns the new state and the metrics: the loss, its components and the gradient's global
   norm, averaged over the device axis.
@@ -49,14 +55,14 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Mod
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   trainable, frozen = _split_frozen(state.params, freeze_backbone)
 
-  def loss_fn(trainable):
+  def objective(trainable):
     variables = {"params": {**frozen, **trainable}, "batch_stats": state.batch_stats}
     outputs, updates = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng},
                                    mutable=["batch_stats"])
-    total, components = losses.pose_loss(outputs, batch, weights)
+    total, components = loss_fn(outputs, batch)
     return total, (components, updates["batch_stats"])
 
-  grads, (components, batch_stats) = jax.grad(loss_fn, has_aux=True)(trainable)
+  grads, (components, batch_stats) = jax.grad(objective, has_aux=True)(trainable)
   metrics = {"loss": sum(components.values()), **components}
   if axis_name is not None:
     grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
@@ -68,11 +74,10 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Mod
   return new_state, metrics
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    weights: losses.LossWeights, freeze_backbone: bool,
-                    axis_name: str | None = None) -> StepFn:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: LossFn,
+                    freeze_backbone: bool, axis_name: str | None = None) -> StepFn:
   """`train_step` with its static arguments bound (still un-jitted and pure)."""
-  return functools.partial(train_step, model=model, tx=tx, weights=weights,
+  return functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
                            freeze_backbone=freeze_backbone, axis_name=axis_name)
 
 
@@ -90,8 +95,8 @@ def pmap_train_step(step_fn: StepFn, prepare: Callable[[Batch], Batch] | None = 
   """`step_fn` (bound with `axis_name=AXIS`) pmapped over the local devices.
 
   State and batch carry a leading device axis; the rng is one key for all devices. `prepare`
-  (e.g. `ehrnet_jax.data.targets.prepare_batch`) turns each device's host batch into the
-  training batch on device first. The input state's buffers are donated.
+  (the task's: `tasks.Task.prepare`) turns each device's host batch into the training batch on
+  device first. The input state's buffers are donated.
   """
   def prepared_step(state, batch, rng):
     return step_fn(state, prepare(batch) if prepare else batch, rng)
