@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="EfficientHRNet in JAX: train, evaluate, predict, export, convert, benchmark.")
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+    if module_info.name.startswith("_"):  # Shared helpers, not sub-commands.
+      continue
     module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
     module.register(subparsers)
   return parser

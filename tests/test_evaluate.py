@@ -91,6 +91,6 @@ def test_missing_split_names_the_annotation_file(tmp_path):
 @pytest.mark.parametrize("scales, message", [("0.5,1.5", "must include 1"),
                                              ("0.6,1", "multiple of 32"), ("a,b", "numbers")])
 def test_bad_scales_are_user_errors(scales, message):
-  from ehrnet_jax.commands.evaluate import parse_scales  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.commands._runtime import parse_scales  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match=message):
     transforms.pyramid_sizes((640, 480), 384, parse_scales(scales))

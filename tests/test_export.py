@@ -207,3 +207,32 @@ def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, c
   assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--out",
                    str(tmp_path)]) == 2
   assert "export with a larger `--size` (HxW, e.g. --size 448x576)" in capsys.readouterr().err
+
+
+def test_evaluate_onnx_backend_scores_the_exported_model(h4_onnx, tmp_path):
+  """`ehrnet evaluate --backend onnx`: pycocotools metrics of the exported model, whose people are
+  those `ehrnet predict --backend onnx` finds (one sample photo with a 384x576 test size)."""
+  name, image_id = "000000129648.jpg", 129648
+  coco = tmp_path / "coco"
+  (coco / "annotations").mkdir(parents=True)
+  (coco / samples.SPLIT).mkdir()
+  (coco / samples.SPLIT / name).symlink_to(samples.coco_dir() / samples.SPLIT / name)
+  annotations_file = f"annotations/person_keypoints_{samples.SPLIT}.json"
+  dataset = json.loads((samples.coco_dir() / annotations_file).read_text())
+  dataset["images"] = [i for i in dataset["images"] if i["id"] == image_id]
+  dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] == image_id]
+  (coco / annotations_file).write_text(json.dumps(dataset))
+  assert cli.main(["evaluate", "--backend", "onnx", "--checkpoint", str(h4_onnx), "--coco-dir",
+                   str(coco), "--split", samples.SPLIT, "--out", str(tmp_path / "eval")]) == 0
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert metrics["settings"]["backend"] == "onnx" and metrics["num_images"] == 1
+  assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_people"] > 0
+  assert _predict(["--backend", "onnx", str(h4_onnx), str(coco / samples.SPLIT / name), "--out",
+                   str(tmp_path / "predict")]) == 0
+  evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+  predicted = json.loads((tmp_path / "predict" / "predictions.json").read_text())
+  assert [e["image_id"] for e in evaluated] == [image_id] * len(predicted)
+  np.testing.assert_allclose([e["keypoints"] for e in evaluated],
+                             [e["keypoints"] for e in predicted], atol=1e-3)
+  np.testing.assert_allclose([e["score"] for e in evaluated], [e["score"] for e in predicted],
+                             atol=1e-6)

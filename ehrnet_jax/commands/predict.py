@@ -2,6 +2,8 @@
 
 import argparse
 
+from ehrnet_jax.commands import _runtime
+
 EXAMPLE = """example:
   ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict photo.jpg
   ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict \\
@@ -33,36 +35,21 @@ def register(subparsers) -> None:
                       "checkpoint (required with --backend jax)")
   parser.add_argument("--checkpoint", help="checkpoint directory (jax) or .onnx file (onnx)")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--backend", choices=["jax", "onnx"], default="jax",
-                      help="network runtime: jax (checkpoint) or onnx (onnxruntime, no JAX)")
-  parser.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
-                      help="onnx: onnxruntime execution provider (default cpu)")
   parser.add_argument("--threshold", type=float, default=0.1,
                       help="draw joints whose confidence exceeds this (default 0.1)")
   parser.add_argument("--min-score", type=float, default=0.0,
                       help="leave out people scoring below this (default 0: keep all)")
-  parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,1.5")
-  parser.add_argument("--no-flip", action="store_true", help="turn the flip test off")
   parser.add_argument("--batch-size", type=int, default=4, help="video frames per network call")
   parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
+  _runtime.add_arguments(parser)
   parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax import inference
-  from ehrnet_jax import predict
-  from ehrnet_jax.commands.evaluate import parse_scales
-  # pylint: enable=import-outside-toplevel
+  from ehrnet_jax import predict  # pylint: disable=import-outside-toplevel
   model, inputs = _model_and_inputs(args)
   files = predict.collect_inputs(inputs)   # bad paths fail before the model loads
-  if args.backend == "onnx":
-    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
-    estimator = onnx_runtime.onnx_estimator(model, args.variant, parse_scales(args.scales),
-                                            not args.no_flip, args.device)
-  else:
-    estimator = inference.jax_estimator(model, args.variant, parse_scales(args.scales),
-                                        not args.no_flip)
+  estimator = _runtime.make_estimator(args, model)
   entries = predict.predict(estimator, files, args.out, args.threshold, args.min_score,
                             args.batch_size, draw=not args.no_draw)
   print(f"{len(entries)} people in {len(files)} input(s); wrote {args.out}/predictions.json")
@@ -79,12 +66,7 @@ def _model_and_inputs(args) -> tuple[str, list[str]]:
     model = inputs.pop(0)
   if model is None:
     raise UserError(MISSING_MODEL[args.backend])
-  if not onnx and model.lower().endswith(".onnx"):
-    raise UserError(f"{model} is an ONNX model: pass --backend onnx to run it (--backend jax "
-                    "takes a checkpoint directory)")
-  if not onnx and args.variant is None:
-    raise UserError("--variant is required with --backend jax: the checkpoint's variant, H0, H-1, "
-                    "..., H-4 or phi=<number> (`ehrnet info` lists them)")
+  _runtime.check_model(args, model)
   if not inputs:
     raise UserError(f"no INPUT after the model {model}: give images, videos or folders of them")
   return model, inputs

@@ -1,0 +1,50 @@
+"""The network-runtime flags that `ehrnet evaluate` and `ehrnet predict` share.
+
+`--backend jax` runs an ehrnet checkpoint directory with JAX (jit, decoding on device);
+`--backend onnx` runs an `ehrnet export --format onnx` file with onnxruntime (`--device cpu`,
+`cuda` or `tensorrt`), decoding and grouping in NumPy, without importing JAX.
+"""
+
+import argparse
+
+from ehrnet_jax.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--backend", choices=["jax", "onnx"], default="jax",
+                      help="network runtime: jax (checkpoint) or onnx (onnxruntime, no JAX)")
+  parser.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                      help="onnx: onnxruntime execution provider (default cpu)")
+  parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,1.5 "
+                      "(multi-scale must include 1)")
+  parser.add_argument("--no-flip", action="store_true", help="turn the flip test off")
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+  """'0.5,1,1.5' -> (0.5, 1.0, 1.5); UserError if it is not a list of numbers."""
+  try:
+    return tuple(float(part) for part in text.split(","))
+  except ValueError:
+    raise UserError(f"--scales must be comma-separated numbers such as 0.5,1,1.5; got {text!r}") \
+        from None
+
+
+def check_model(args: argparse.Namespace, model: str) -> None:
+  """The model fits the backend: an .onnx file for onnx, a checkpoint and a variant for jax."""
+  if args.backend == "jax" and model.lower().endswith(".onnx"):
+    raise UserError(f"{model} is an ONNX model: pass --backend onnx to run it (--backend jax "
+                    "takes a checkpoint directory)")
+  if args.backend == "jax" and args.variant is None:
+    raise UserError("--variant is required with --backend jax: the checkpoint's variant, H0, H-1, "
+                    "..., H-4 or phi=<number> (`ehrnet info` lists them)")
+
+
+def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = None):
+  """The `inference.PoseEstimator` of the flags, for `model` (checked with `check_model`)."""
+  check_model(args, model)
+  scales, flip = parse_scales(args.scales), not args.no_flip
+  if args.backend == "onnx":
+    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
+    return onnx_runtime.onnx_estimator(model, args.variant, scales, flip, args.device)
+  from ehrnet_jax import inference  # pylint: disable=import-outside-toplevel
+  return inference.jax_estimator(model, args.variant, scales, flip, bucket)
