@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/inference.py --variant H-4 [--checkpoint DIR] [--images 6] [--repeats 3]
   python benchmarks/inference.py --variant H0 --scales 1 --no-flip
+  python benchmarks/inference.py --onnx h4_384x640.onnx     # onnxruntime + NumPy decoding
 
 Runs the evaluation recipe (single scale by default, flip on) on the first `--images` coco-mini
 images that have people, each once to compile and then `--repeats` times, and prints the median
@@ -62,6 +63,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="H-4")
   parser.add_argument("--checkpoint", help="default: random initialisation")
+  parser.add_argument("--onnx", help="an `ehrnet export --format onnx` model instead (its --size "
+                      "must hold the images' test sizes, e.g. 384x640 for H-4 on coco-mini)")
   parser.add_argument("--shared", type=pathlib.Path,
                       default=pathlib.Path(__file__).resolve().parents[2] / "shared")
   parser.add_argument("--images", type=int, default=6)
@@ -71,7 +74,10 @@ def main():
   args = parser.parse_args()
   scales = tuple(float(s) for s in args.scales.split(","))
   flip = not args.no_flip
-  if args.checkpoint:
+  if args.onnx:
+    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
+    estimator = onnx_runtime.onnx_estimator(args.onnx, None, scales, flip)
+  elif args.checkpoint:
     estimator = inference.jax_estimator(args.checkpoint, args.variant, scales, flip)
   else:
     estimator = random_estimator(args.variant, scales, flip)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -58,28 +58,47 @@ def _macs(jaxpr) -> tuple[int, int]:
   return true_macs, output_macs
 
 
+def _counts(model, height: int, width: int, with_flops: bool) -> tuple[dict, dict]:
+  """(variables shapes, {"params", "conv_macs", "paper_flops"[, "flops"]}) of `model` at batch 1."""
+  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  apply = lambda v, x: model.apply(v, x, train=False)
+  true_macs, output_macs = _macs(jax.make_jaxpr(apply)(variables, images).jaxpr)
+  counts = {"params": count_params(variables["params"]), "conv_macs": true_macs,
+            "paper_flops": output_macs}
+  if with_flops:
+    cost = jax.jit(apply).lower(variables, images).compile().cost_analysis()
+    counts["flops"] = int((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  return variables, counts
+
+
 def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
                  with_flops: bool = True) -> dict:
   """Counts for `EfficientHRNet(spec)` at batch 1 and `size` (H, W; default: the native input)."""
   height, width = size or (spec.input_size, spec.input_size)
   # The network as specified: depthwise convs as convolutions, no alignment channels.
   model = EfficientHRNet(spec, depthwise="conv", channel_align=1)
-  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-  apply = lambda v, x: model.apply(v, x, train=False)
-  true_macs, output_macs = _macs(jax.make_jaxpr(apply)(variables, images).jaxpr)
-  params = count_params(variables["params"])
+  variables, counts = _counts(model, height, width, with_flops)
   backbone = count_params(variables["params"]["backbone"])
   stem = count_params(variables["params"]["backbone"]["stem"])
-  counts = {
+  return {
       "name": spec.name, "phi": spec.phi, "counted_at_hw": [height, width],
-      "params": params, "backbone_params": backbone,
+      "params": counts["params"], "backbone_params": backbone,
       "batch_stats": count_params(variables["batch_stats"]),
-      "conv_macs": true_macs,
-      "paper_params": params + backbone - stem,
-      "paper_flops": output_macs,
+      "conv_macs": counts["conv_macs"],
+      "paper_params": counts["params"] + backbone - stem,
+      "paper_flops": counts["paper_flops"],
+      **({"flops": counts["flops"]} if with_flops else {}),
   }
-  if with_flops:
-    cost = jax.jit(apply).lower(variables, images).compile().cost_analysis()
-    counts["flops"] = int((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-  return counts
+
+
+def classifier_counts(spec: ScalingSpec, num_classes: int = 1000, with_flops: bool = True
+                      ) -> dict:
+  """Counts for the backbone classifier `EfficientNetClassifier(spec, num_classes)` at batch 1
+  and its Table-2 input size."""
+  size = spec.classifier_input_size
+  model = EfficientNetClassifier(spec, num_classes, depthwise="conv")
+  _, counts = _counts(model, size, size, with_flops)
+  return {"name": spec.classifier_name, "phi": spec.phi, "input_size": size,
+          "num_classes": num_classes, "params": counts["params"],
+          "conv_macs": counts["conv_macs"], **({"flops": counts["flops"]} if with_flops else {})}

@@ -32,3 +32,17 @@ def test_xla_flops_are_within_one_percent_of_twice_the_macs(capsys):
   assert (row["name"], row["phi"], row["input_size"]) == ("H-4", -4.0, 384)
   assert row["params"] == REFERENCE["H-4"]["params"]
   assert row["flops"] == pytest.approx(2 * REFERENCE["H-4"]["macs"], rel=0.01)
+
+
+def test_b0_classifier_is_efficientnet_b0(capsys):
+  """B0 is EfficientNet-B0: 5.29M parameters and 0.39 G multiply-adds at 224 (Tan & Le, 2019,
+  Table 2: 5.3M, 0.39B FLOPs counted as multiply-adds); the smaller ones follow Table 2's
+  input sizes and parameter counts (reference-architecture.md §1.1)."""
+  assert main(["info", "--classifiers", "--json"]) == 0
+  rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+  assert [(r["input_size"], round(r["params"], -3), round(r["params_cifar100"], -3))
+          for r in rows.values()] == [(224, 5_289_000, 4_136_000), (195, 4_548_000, 3_503_000),
+                                      (170, 3_464_000, 2_512_000), (145, 2_796_000, 1_931_000),
+                                      (128, 2_056_000, 1_271_000)]
+  assert rows["B0"]["conv_macs"] == pytest.approx(0.39e9, rel=0.02)
+  assert rows["B0"]["flops"] == pytest.approx(2 * rows["B0"]["conv_macs"], rel=0.05)
