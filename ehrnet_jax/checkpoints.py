@@ -117,7 +117,7 @@ def load_variables(directory: str | os.PathLike, expected: ScalingSpec | None = 
                     f"--set init.checkpoint={directory}")
   if expected is not None and expected != spec:
     raise UserError(f"{directory} holds variant {spec.name} (phi={spec.phi:g}), not "
-                    f"{expected.name} (phi={expected.phi:g}); pass --variant {spec.name} or "
+                    f"{expected.name} (phi={expected.phi:g}); pass --variant {spec.variant_arg} or "
                     "another checkpoint")
   return _restore(directory, spec, None), spec
 

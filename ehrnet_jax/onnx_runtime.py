@@ -21,6 +21,7 @@ from ehrnet_jax import images as images_lib
 from ehrnet_jax import inference
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.scaling import ScalingSpec
 
 EXPORT_HINT = ("write the model with `ehrnet export --variant NAME --checkpoint DIR --format onnx "
                "--out FILE.onnx`")
@@ -35,6 +36,7 @@ PROVIDERS = {
 class ModelInfo:
   """The metadata `ehrnet export` stores in the model (keys `ehrnet.*`)."""
   variant: str
+  phi: float
   input_size: int                 # the variant's training size: sets the test-time warp
   image_hw: tuple[int, int]       # the network input the graph was exported for
   batch: int | None               # None: dynamic
@@ -45,7 +47,8 @@ class ModelInfo:
     try:
       h, w = (int(v) for v in props["ehrnet.image_hw"].split("x"))
       batch = props["ehrnet.batch"]
-      return cls(props["ehrnet.variant"], int(props["ehrnet.input_size"]), (h, w),
+      return cls(props["ehrnet.variant"], float(props["ehrnet.phi"]),
+                 int(props["ehrnet.input_size"]), (h, w),
                  None if batch == "dynamic" else int(batch), props["ehrnet.layout"])
     except (KeyError, ValueError) as error:
       raise UserError(f"{path}: not an ONNX model written by `ehrnet export` (metadata "
@@ -117,9 +120,10 @@ def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool =
                    ) -> inference.PoseEstimator:
   """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it."""
   network = OnnxNetwork(path, device)
-  if variant is not None and variant != network.info.variant:
-    raise UserError(f"{path} holds variant {network.info.variant}, not {variant}; pass "
-                    f"--variant {network.info.variant} or another model")
+  stored = ScalingSpec.from_phi(network.info.phi)
+  if variant is not None and ScalingSpec.from_name(variant) != stored:
+    raise UserError(f"{path} holds variant {stored.name}, not {variant}; pass "
+                    f"--variant {stored.variant_arg} or another model")
   keypoint_set = keypoints_lib.COCO
   decoder = inference.HostDecoder(network, keypoint_set.flip_index if flip else None)
   return inference.PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config)

@@ -152,6 +152,11 @@ class ScalingSpec:
     return cls.from_phi(VARIANT_NAMES[name])
 
   @property
+  def variant_arg(self) -> str:
+    """What `from_name` (and so `--variant`) takes for this model: "H-2", or "phi=-2.5"."""
+    return self.name if self.name in VARIANT_NAMES else f"phi={self.phi:g}"
+
+  @property
   def num_backbone_blocks(self) -> int:
     """MBConv blocks of the backbone (the reference's `features[1:]`)."""
     return sum(stage.repeats for stage in self.backbone_stages)

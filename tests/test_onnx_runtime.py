@@ -60,8 +60,9 @@ def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True, joints=3):
                             ir_version=8)
   if metadata:
     helper.set_model_props(model, {
-        "ehrnet.variant": "H-4", "ehrnet.input_size": "384", "ehrnet.image_hw": f"{h}x{w}",
-        "ehrnet.batch": str(batch or "dynamic"), "ehrnet.layout": layout})
+        "ehrnet.variant": "H-4", "ehrnet.phi": "-4", "ehrnet.input_size": "384",
+        "ehrnet.image_hw": f"{h}x{w}", "ehrnet.batch": str(batch or "dynamic"),
+        "ehrnet.layout": layout})
   onnx.save(model, str(path))
   return path
 
