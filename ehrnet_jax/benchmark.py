@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.training.state import init_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,14 @@ class Timing:
 
 def time_network(spec: ScalingSpec, batch: int = 1, size: tuple[int, int] | None = None,
                  repeats: int = 20, warmup: int = 3, seed: int = 0,
-                 depthwise: str = "auto") -> Timing:
-  """Times `EfficientHRNet(spec)` in eval mode on random weights and inputs."""
+                 depthwise: str = "auto", variables=None) -> Timing:
+  """Times `EfficientHRNet(spec)` in eval mode on random inputs and `variables` (default: a
+  random initialisation; speed does not depend on the weights)."""
   height, width = size or (spec.input_size, spec.input_size)
   model = EfficientHRNet(spec, depthwise=depthwise)
   images = jax.random.normal(jax.random.key(seed), (batch, height, width, 3), jnp.float32)
-  variables = jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(images[:1])
+  if variables is None:
+    variables = init_variables(model, 64, jax.random.key(seed))
   start = time.perf_counter()
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
   compile_s = time.perf_counter() - start

@@ -48,3 +48,18 @@ def test_user_errors_are_one_line_messages(argv, message, capsys):
   assert main(argv) == 2
   err = capsys.readouterr().err
   assert message in err and "Traceback" not in err
+
+
+def test_benchmark_replaces_its_section_of_the_markdown_file(tmp_path, capsys):
+  report = tmp_path / "BENCH.md"
+  report.write_text("# Figures\n\nkept before\n\n<!-- ehrnet-benchmark:begin -->\nold table\n"
+                    "<!-- ehrnet-benchmark:end -->\n\nkept after\n")
+  assert main(["benchmark", "--variant", "H-4", "--size", "64", "--batch", "2", "--repeats", "2",
+               "--warmup", "0", "--write", str(report)]) == 0
+  text = report.read_text()
+  assert "kept before" in text and "kept after" in text and "old table" not in text
+  (row,) = [line for line in text.splitlines() if line.startswith("| H-4 |")]
+  _, variant, size, compile_s, median, minimum, throughput, _ = row.split("|")
+  assert (variant.strip(), size.strip()) == ("H-4", "64")
+  assert float(compile_s) > 0 and 0 < float(minimum) <= float(median)
+  assert float(throughput) > 0 and row in capsys.readouterr().out

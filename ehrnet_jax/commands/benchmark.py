@@ -20,6 +20,8 @@ def register(subparsers) -> None:
       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--variant", action="append", help="variant(s) (default: H0 ... H-4)")
   parser.add_argument("--batch", type=int, default=8, help="batch size for throughput")
+  parser.add_argument("--size", type=int, help="square input side, a multiple of 32 (default: "
+                      "each variant's native input size)")
   parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
   parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shifted", "conv"),
@@ -30,25 +32,36 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  import shlex  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import shlex
+  import sys
 
-  from ehrnet_jax import benchmark  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec  # pylint: disable=import-outside-toplevel
+  import jax
+
+  from ehrnet_jax import benchmark
+  from ehrnet_jax.models import EfficientHRNet
+  from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec
+  from ehrnet_jax.training.state import init_variables
+  # pylint: enable=import-outside-toplevel
 
   rows = [f"Machine: {benchmark.machine_description()}.",
           f"Command: `{shlex.join(['ehrnet', *sys.argv[1:]])}`.",
           "",
-          f"| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
+          "| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
           f"throughput b={args.batch} (images/s) |",
           "|---|---|---|---|---|---|"]
   for name in args.variant or list(VARIANT_NAMES):
     spec = ScalingSpec.from_name(name)
-    latency = benchmark.time_network(spec, 1, repeats=args.repeats, warmup=args.warmup,
-                                     depthwise=args.depthwise)
-    throughput = benchmark.time_network(spec, args.batch, repeats=max(3, args.repeats // 4),
-                                        warmup=1, depthwise=args.depthwise)
-    rows.append(f"| {spec.name} | {spec.input_size} | {latency.compile_s:.1f} | "
+    size = args.size or spec.input_size
+    spec.check_input_shape(size, size)
+    variables = init_variables(EfficientHRNet(spec), 64, jax.random.key(0))
+    latency = benchmark.time_network(spec, 1, (size, size), repeats=args.repeats,
+                                     warmup=args.warmup, depthwise=args.depthwise,
+                                     variables=variables)
+    throughput = benchmark.time_network(spec, args.batch, (size, size),
+                                        repeats=max(3, args.repeats // 4), warmup=1,
+                                        depthwise=args.depthwise, variables=variables)
+    rows.append(f"| {spec.name} | {size} | {latency.compile_s:.1f} | "
                 f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
     print(rows[-1], flush=True)
   if args.write != "none":
