@@ -3,31 +3,40 @@
 The step is the trainer's own (pmapped over the local devices, targets built on device from the
 host batch format), on synthetic batches of random images and keypoints; input pipeline time is
 not included, as in the reference's measurement. With --prebuilt-targets the heatmaps and joint
-lists are built once outside the timed step (the reference builds them in its data loader). Prints one JSON line: median and mean seconds
-per step after the warm-up steps, images per second, compile seconds and the process's peak
-resident memory.
+lists are built once outside the timed step (the reference builds them in its data loader).
+Prints one JSON line: median and mean wall seconds per step after the warm-up steps, the median
+and minimum process CPU seconds per step (all threads; robust on a shared machine), the load
+average while timing, images per second, compile seconds and the process's peak resident memory.
 
   python benchmarks/train_step.py --variant H-4 --batch 8 --size 384 --freeze-backbone
   python benchmarks/train_step.py --variant H0 --batch 2 --size 512
+  python benchmarks/train_step.py --variant H-4 --batch 8 --size 384 --plain-gradients  # before
+  python benchmarks/train_step.py --variant H-4 --batch 2 --size 256 --steps 2 --profile /tmp/prof
 
 Run each setting in its own process (the peak memory is the process's).
 """
 
 import argparse
+import collections
+import glob
+import gzip
 import json
+import os
+import re
 import resource
 import statistics
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax import losses
 from ehrnet_jax.benchmark import machine_description
 from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.data import targets
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, layers
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
@@ -49,6 +58,20 @@ def synthetic_batch(rng: np.random.Generator, devices: int, batch: int, size: in
           "mask_2": np.ones((*shape, size // 2, size // 2), np.uint8), **keypoints}
 
 
+def use_plain_gradients() -> None:
+  """Swaps the layers' custom-VJP functions for their plain versions (the code before issue 4)."""
+  def plain_batch_norm(x, scale, bias, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    var = jnp.square(x - mean).mean(axes)
+    return (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias, mean, var
+
+  layers.depthwise_conv_shifted = layers._depthwise_shifted
+  layers.conv_transpose = layers._conv_transpose
+  layers.conv_1x1 = lambda x, kernel: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
+  layers.batch_norm_train = plain_batch_norm
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,14 +83,22 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--prebuilt-targets", action="store_true",
                       help="time the step without building the targets on device")
+  parser.add_argument("--plain-gradients", action="store_true",
+                      help="for comparison: autodiff of the plain XLA ops instead of the layers' "
+                           "hand-written gradients (depthwise, 1x1, transposed conv, batch norm)")
+  parser.add_argument("--profile", metavar="DIR",
+                      help="after timing, trace 2 more steps with jax.profiler into DIR and "
+                           "print the ops that took longest (summed over both steps)")
   args = parser.parse_args(argv)
+  if args.plain_gradients:
+    use_plain_gradients()
 
   spec = ScalingSpec.from_name(args.variant)
   size = args.size or spec.input_size
   model = EfficientHRNet(spec)
   tx = optim.make_optimizer(TrainConfig(freeze_backbone=args.freeze_backbone), 1000)
   p_step = step_lib.pmap_train_step(step_lib.make_train_step(
-      model, tx, losses.LossWeights(), args.freeze_backbone, axis_name=step_lib.AXIS),
+      model, tx, losses.pose_loss, args.freeze_backbone, axis_name=step_lib.AXIS),
       prepare=None if args.prebuilt_targets else targets.prepare_batch)
   state = step_lib.replicate(create_train_state(model, tx, size, jax.random.key(0)))
   devices = jax.local_device_count()
@@ -80,24 +111,63 @@ def main(argv=None) -> int:
   state, metrics = p_step(state, batches[0], jax.random.key(0))
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
-  times = []
+  times, cpu_times, loads = [], [], []
   for i in range(args.warmup + args.steps):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state, metrics = p_step(state, batches[i % 2], jax.random.key(i + 1))
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  times = times[args.warmup:]
+    cpu_times.append(time.process_time() - cpu_start)
+    loads.append(os.getloadavg()[0])
+  times, cpu_times = times[args.warmup:], cpu_times[args.warmup:]
   median = statistics.median(times)
   images = args.batch * devices
   print(json.dumps({
       "variant": spec.name, "input_size": size, "images_per_step": images,
       "freeze_backbone": args.freeze_backbone, "prebuilt_targets": args.prebuilt_targets,
+      "plain_gradients": args.plain_gradients,
       "median_s": round(median, 4),
-      "mean_s": round(statistics.fmean(times), 4), "images_per_second": round(images / median, 2),
+      "mean_s": round(statistics.fmean(times), 4),
+      "median_cpu_s": round(statistics.median(cpu_times), 4),
+      "min_cpu_s": round(min(cpu_times), 4),
+      "load_avg": [round(min(loads), 2), round(max(loads), 2)],
+      "images_per_second": round(images / median, 2),
       "compile_and_first_step_s": round(compile_s, 1), "steps": args.steps,
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
       "loss": float(metrics["loss"][0]), "devices": devices, "machine": machine_description()}))
+  if args.profile:
+    print_profile(p_step, state, batches[0], args.profile)
   return 0
+
+
+def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
+  """Traces 2 steps and prints the top ops (time per step, share of all op time) with their
+  shapes and source (`op_name`) from the compiled HLO, which is saved as DIR/step_hlo.txt."""
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for i in range(2):
+      state, metrics = p_step(state, batch, jax.random.key(100 + i))
+      jax.block_until_ready(metrics)
+  hlo = p_step.lower(state, batch, jax.random.key(0)).compile().as_text()
+  with open(f"{directory}/step_hlo.txt", "w") as f:
+    f.write(hlo)
+  lines = {}
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
+    if match:
+      source = re.search(r'op_name="([^"]*)"', line)
+      lines[match.group(1)] = (match.group(2), source.group(1) if source else "")
+  trace = sorted(glob.glob(f"{directory}/plugins/profile/*/perfetto_trace.json.gz"))[-1]
+  events = json.load(gzip.open(trace))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  totals = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X" and event["name"] in lines:
+      totals[event["name"]] += event.get("dur", 0) / 2e3  # ms per step
+  total = sum(totals.values())
+  print(f"op time per step (both threads, wall-clock per op): {total:.0f} ms")
+  for name, ms in totals.most_common(top):
+    shape, source = lines[name]
+    print(f"{ms:8.1f} ms {100 * ms / total:5.1f}%  {name} {shape} {source[-90:]}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Building blocks shared by the backbone, the high-resolution network and the head."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -40,22 +42,70 @@ class BatchNorm(nn.Module):
       multiplier, offset = self.affine()
       return (x * pad_channels(multiplier, width).astype(self.dtype)
               + pad_channels(offset, width).astype(self.dtype))
-    x32 = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    mean = x32.mean(axes)
-    var = jnp.square(x32 - mean).mean(axes)
+    y, mean, var = batch_norm_train(x.astype(jnp.float32), pad_channels(self.scale, width),
+                                    pad_channels(self.bias, width), self.epsilon)
     if not self.is_initializing():
       count = x.size // width
       unbiased = var[:self.features] * count / max(count - 1, 1)
       self.mean.value += self.momentum * (mean[:self.features] - self.mean.value)
       self.var.value += self.momentum * (unbiased - self.var.value)
-    multiplier = pad_channels(self.scale, width) * jax.lax.rsqrt(var + self.epsilon)
-    return ((x32 - mean) * multiplier + pad_channels(self.bias, width)).astype(self.dtype)
+    return y.astype(self.dtype)
 
   def affine(self) -> tuple[jax.Array, jax.Array]:
     """Evaluation-mode BN as `x * multiplier + offset` (float32, per channel)."""
     multiplier = self.scale * jax.lax.rsqrt(self.var.value + self.epsilon)
     return multiplier, self.bias - self.mean.value * multiplier
+
+
+def channel_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Sums over every axis but the last (channels) of same-shaped arrays, in one pass.
+
+  One variadic reduction over the second-to-last axis, then a small sum over the rest: XLA:CPU
+  runs this 3-10x faster than `x.sum(axis=(0, 1, 2))`, which it emits as a slow column reduction.
+  """
+  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+  rows = lax.reduce(arrays, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b)),
+                    (arrays[0].ndim - 2,))
+  return tuple(r.reshape(-1, r.shape[-1]).sum(0) for r in rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode batch norm over the last axis: `(y, mean, biased variance)`, all float32.
+
+  The gradient is written out (`dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))` plus the
+  terms of the mean and variance outputs) with one-pass channel sums; autodiff's version runs
+  more passes and XLA:CPU's slow column reductions (1.5x slower for a BN's forward + backward).
+  """
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  count = x.size // x.shape[-1]
+  total, = channel_sums(x)
+  mean = total / count
+  squares, = channel_sums(jnp.square(x - mean))           # Two passes, as before: no cancellation.
+  var = squares / count
+  inv_std = lax.rsqrt(var + epsilon)
+  y = (x - mean) * (scale * inv_std) + bias
+  return (y, mean, var), (x, scale, mean, inv_std)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, scale, mean, inv_std = residuals
+  g, g_mean, g_var = cotangents
+  count = x.size // x.shape[-1]
+  centred = x - mean
+  x_hat = centred * inv_std
+  sum_g, sum_g_x_hat = channel_sums(g, g * x_hat)
+  dx = ((scale * inv_std) * (g - sum_g / count - x_hat * (sum_g_x_hat / count))
+        + g_mean / count + (2.0 / count) * g_var * centred)
+  return dx, sum_g_x_hat, sum_g
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def aligned(features: int, align: int) -> int:
@@ -73,27 +123,112 @@ def symmetric_padding(kernel_size: int) -> Padding:
   return ((pad, pad), (pad, pad))
 
 
+def _windows(x: jax.Array, kernel_size: int, stride: int, out_h: int, out_w: int):
+  """The k*k strided (B, out_h, out_w, C) windows of the padded `x`, taps in raster order."""
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      yield lax.slice(
+          x, (0, dy, dx, 0),
+          (x.shape[0], dy + (out_h - 1) * stride + 1, dx + (out_w - 1) * stride + 1, x.shape[3]),
+          (1, stride, stride, 1))
+
+
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int,
+                       padding: Padding) -> jax.Array:
+  k = kernel.shape[0]
+  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  out_h = (x.shape[1] - k) // stride + 1
+  out_w = (x.shape[2] - k) // stride + 1
+  out = None
+  for tap, window in enumerate(_windows(x, k, stride, out_h, out_w)):
+    term = window * kernel[tap // k, tap % k, 0]
+    out = term if out is None else out + term
+  return out
+
+
 def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
                            padding: Padding) -> jax.Array:
   """Depthwise convolution as a sum of k*k strided slices times per-channel weights.
 
   x: (B, H, W, C); kernel: (k, k, 1, C). Same result as a grouped convolution; XLA fuses it into
   one loop, which on CPU runs 20-80x faster than its grouped-convolution kernel.
+
+  Its gradient is written out (`_depthwise_shifted_bwd`) rather than left to autodiff, which
+  would keep each of the k*k windows as a separate residual (k*k copies of the activations,
+  each recomputing the fused producers) and reduce the kernel gradient tap by tap with XLA:CPU's
+  slow column reductions: 2-3x less CPU time for the layer's forward + backward (BENCHMARKS.md).
   """
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return _depthwise_shifted_vjp(x, kernel, int(stride), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifted_vjp(x, kernel, stride, padding):
+  return _depthwise_shifted(x, kernel, stride, padding)
+
+
+def _depthwise_shifted_fwd(x, kernel, stride, padding):
+  return _depthwise_shifted(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_shifted_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
   k = kernel.shape[0]
-  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  out_h = (x.shape[1] - k) // stride + 1
-  out_w = (x.shape[2] - k) // stride + 1
-  out = None
-  for dy in range(k):
-    for dx in range(k):
-      window = jax.lax.slice(
-          x, (0, dy, dx, 0),
-          (x.shape[0], dy + (out_h - 1) * stride + 1, dx + (out_w - 1) * stride + 1, x.shape[3]),
-          (1, stride, stride, 1))
-      term = window * kernel[dy, dx, 0]
-      out = term if out is None else out + term
-  return out
+  # Input gradient: the depthwise conv of the (stride-dilated) output gradient with the flipped
+  # kernel, padded so that it comes out at the input's size.
+  pads = [(0, 0, 0)]
+  for axis in (1, 2):
+    low, high = padding[axis - 1]
+    rest = (x.shape[axis] + low + high - k) % stride
+    pads.append((k - 1 - low, k - 1 - high + rest, stride - 1))
+  g_dilated = lax.pad(g, jnp.zeros((), g.dtype), pads + [(0, 0, 0)])
+  dx = _depthwise_shifted(g_dilated, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
+  # Kernel gradient: per tap, the sum over (B, H', W') of window * g, all k*k taps in one pass
+  # over x and g (`channel_sums`).
+  x_padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  windows = _windows(x_padded, k, stride, g.shape[1], g.shape[2])
+  dk = jnp.stack(channel_sums(*((w * g).astype(jnp.float32) for w in windows)))  # (k*k, C)
+  return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_shifted_vjp.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
+
+
+def _plain_conv(x, kernel, stride, padding, groups=1):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=groups)
+
+
+@jax.custom_vjp
+def conv_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """1x1 convolution (stride 1, no padding; kernel (1, 1, C_in, C_out)) that trains as matrix
+  products.
+
+  The primal is XLA's convolution (what inference and exporters see). Under differentiation the
+  forward and both gradients are matrix products of the (B*H*W, C) activations: XLA:CPU runs the
+  1x1 convolution up to 6x slower than the same product when C_in > C_out, autodiff's kernel
+  gradient (a convolution with an input-sized window, plus transposes) up to 18x slower than
+  `x^T g`, and its input gradient up to 6x slower than `g W^T` (BENCHMARKS.md, "Training").
+  """
+  return _plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
+
+
+def _conv_1x1_fwd(x, kernel):
+  rows = x.reshape(-1, x.shape[-1])
+  y = jnp.dot(rows, kernel[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
+  return y.reshape(x.shape[:-1] + kernel.shape[-1:]), (x, kernel)
+
+
+def _conv_1x1_bwd(residuals, g):
+  x, kernel = residuals
+  rows, g_rows = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  dx = jnp.dot(g_rows, kernel[0, 0].T, preferred_element_type=jnp.float32).astype(x.dtype)
+  d_kernel = jnp.dot(rows.T, g_rows, preferred_element_type=jnp.float32)
+  return dx.reshape(x.shape), d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_1x1.defvjp(_conv_1x1_fwd, _conv_1x1_bwd)
 
 
 class Conv(nn.Module):
@@ -141,10 +276,11 @@ class Conv(nn.Module):
     padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
     if self._implementation(in_features) == "shifted":
       y = depthwise_conv_shifted(x, kernel, self.stride, padding)
+    elif (self.kernel_size == 1 and self.stride == 1 and self.groups == 1
+          and all(p == 0 for pair in padding for p in pair)):
+      y = conv_1x1(x, kernel)
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, (self.stride, self.stride), padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+      y = _plain_conv(x, kernel, self.stride, padding, self.groups)
     return y + bias.astype(self.dtype) if bias is not None else y
 
   def _implementation(self, in_features: int) -> str:
@@ -157,12 +293,73 @@ class Conv(nn.Module):
     return "shifted"
 
 
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (stride, stride), padding, transpose_kernel=True)`, NHWC with
+  the kernel (k, k, C_out, C_in), with a hand-written kernel gradient.
+
+  Autodiff turns the kernel gradient into an XLA convolution with an input-sized window and
+  dilated kernel, which XLA:CPU runs on its slow generic path (13% of the whole H-4 training
+  step); here it is one matrix product of the input with the k*k strided slices of the output
+  gradient. The input gradient stays XLA's (a strided convolution). Same numbers.
+  """
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return _conv_transpose_vjp(x, kernel, int(stride), padding)
+
+
+def _conv_transpose(x, kernel, stride, padding):
+  return lax.conv_transpose(x, kernel, (stride, stride), padding,
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose_vjp(x, kernel, stride, padding):
+  return _conv_transpose(x, kernel, stride, padding)
+
+
+def _conv_transpose_fwd(x, kernel, stride, padding):
+  return _conv_transpose(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_transpose_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  _, vjp_x = jax.vjp(lambda x: _conv_transpose(x, kernel, stride, padding), x)
+  dx, = vjp_x(g)
+  # y[u] = sum_a xd[u + a] rhs[a], with xd the input dilated by `stride` and padded by `padding`
+  # and rhs[a] = kernel[k - 1 - a] (I and O swapped), so
+  # d rhs[a] = sum_m x[m] g[stride * m + low - a].
+  slices, pads = [], [(0, 0)]
+  for axis in (1, 2):
+    low = padding[axis - 1][0]
+    before = max(0, k - 1 - low)
+    after = max(0, stride * (x.shape[axis] - 1) + low - (g.shape[axis] - 1))
+    pads.append((before, after))
+  g_padded = jnp.pad(g, pads + [(0, 0)])
+  for a in range(k):
+    for c in range(k):
+      start_h = padding[0][0] - a + pads[1][0]
+      start_w = padding[1][0] - c + pads[2][0]
+      slices.append(lax.slice(
+          g_padded, (0, start_h, start_w, 0),
+          (g.shape[0], start_h + stride * (x.shape[1] - 1) + 1,
+           start_w + stride * (x.shape[2] - 1) + 1, g.shape[3]), (1, stride, stride, 1)))
+  stacked = jnp.stack(slices, axis=3)                                # (B, H, W, k*k, C_out)
+  d_rhs = jnp.einsum("bhwi,bhwto->tio", x, stacked,
+                     preferred_element_type=jnp.float32)             # (k*k, C_in, C_out)
+  d_kernel = d_rhs.reshape(k, k, x.shape[-1], g.shape[-1])[::-1, ::-1].transpose(0, 1, 3, 2)
+  return dx, d_kernel.astype(kernel.dtype)
+
+
+_conv_transpose_vjp.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
 class ConvTranspose(nn.Module):
   """Transposed convolution (no bias) with PyTorch's kernel layout and padding convention.
 
   kernel (k, k, C_out, C_in), i.e. torch's (C_in, C_out, k, k) transposed (2, 3, 1, 0); with
   `padding` p_t, equals `torch.nn.ConvTranspose2d(k, stride, p_t)` for `padding = k - 1 - p_t`.
-  Written with `lax.conv_transpose` so that exporters see the plain primitive.
+  Written with `lax.conv_transpose` so that exporters see the plain primitive (`conv_transpose`
+  only adds a custom gradient around it).
   """
   features: int
   kernel_size: int
@@ -175,9 +372,8 @@ class ConvTranspose(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size,
                                                      self.features, x.shape[-1]))
-    return jax.lax.conv_transpose(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+    return conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                          self.padding)
 
 
 class ConvBN(nn.Module):

@@ -1,0 +1,119 @@
+"""The hand-written gradients of `layers` equal autodiff of the plain XLA primitives."""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ehrnet_jax.models.layers import (batch_norm_train, conv_1x1, conv_transpose,
+                                     depthwise_conv_shifted)
+from ehrnet_jax.models.efficientnet import reference_padding
+
+
+def _grouped_conv(x, kernel, stride, padding):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=x.shape[-1])
+
+
+def _assert_vjp_equal(custom, plain, args, cotangent_seed=3):
+  out_custom, vjp_custom = jax.vjp(custom, *args)
+  out_plain, vjp_plain = jax.vjp(plain, *args)
+  np.testing.assert_allclose(out_custom, out_plain, rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(np.random.default_rng(cotangent_seed).standard_normal(out_plain.shape),
+                  jnp.float32)
+  for got, want in zip(jax.jit(vjp_custom)(g), jax.jit(vjp_plain)(g)):
+    scale = max(1.0, float(jnp.max(jnp.abs(want))))
+    np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=1e-5)
+
+
+# Every depthwise configuration of the backbone: k3/k5, stride 1/2, the reference's asymmetric
+# padding (k3 s2: (0, 1); k5 s2: (1, 2)) and symmetric ones, on even and odd sizes.
+DEPTHWISE_CASES = [
+    (3, 1, reference_padding(3, 1), (2, 8, 8, 5)),
+    (3, 2, reference_padding(3, 2), (2, 8, 8, 6)),
+    (5, 1, reference_padding(5, 1), (2, 9, 7, 4)),
+    (5, 2, reference_padding(5, 2), (2, 12, 10, 3)),
+    (3, 2, reference_padding(3, 2), (1, 9, 11, 4)),  # odd sizes: uncovered last row/column
+    (5, 2, reference_padding(5, 2), (1, 11, 9, 2)),
+    (3, 2, ((1, 1), (1, 1)), (2, 8, 7, 3)),
+    (5, 2, ((2, 2), (0, 3)), (1, 10, 10, 3)),
+]
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding,shape", DEPTHWISE_CASES)
+def test_depthwise_shifted_vjp_matches_grouped_conv(kernel_size, stride, padding, shape):
+  rng = np.random.default_rng(kernel_size * 10 + stride)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, 1, shape[-1])),
+                       jnp.float32)
+  _assert_vjp_equal(lambda x, k: depthwise_conv_shifted(x, k, stride, padding),
+                    lambda x, k: _grouped_conv(x, k, stride, padding), (x, kernel))
+
+
+def test_depthwise_shifted_grad_under_jit_and_in_a_network():
+  """Composed with other ops (BN-like normalisation, swish) and jitted, as in MBConv."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32)
+
+  def net(conv):
+    def f(x, k):
+      y = conv(jax.nn.swish(x), k, 2, reference_padding(3, 2))
+      y = (y - y.mean((0, 1, 2))) * jax.lax.rsqrt(y.var((0, 1, 2)) + 1e-5)
+      return jnp.sum(jnp.sin(y))
+    return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+  for got, want in zip(net(depthwise_conv_shifted)(x, kernel), net(_grouped_conv)(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding,shape", [
+    (4, 2, ((2, 2), (2, 2)), (2, 6, 5, 7)),   # the head's deconv (torch padding 1)
+    (4, 2, ((3, 3), (3, 3)), (1, 4, 4, 3)),   # torch padding 0
+    (3, 2, ((1, 2), (2, 1)), (2, 5, 6, 4)),
+    (3, 1, ((1, 1), (1, 1)), (1, 5, 5, 3)),
+])
+def test_conv_transpose_vjp_matches_autodiff(kernel_size, stride, padding, shape):
+  rng = np.random.default_rng(kernel_size + stride)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, 5, shape[-1])), jnp.float32)
+  plain = lambda x, k: lax.conv_transpose(x, k, (stride, stride), padding,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                          transpose_kernel=True)
+  _assert_vjp_equal(lambda x, k: conv_transpose(x, k, stride, padding), plain, (x, kernel))
+
+
+@pytest.mark.parametrize("shape,features", [((2, 6, 5, 7), 4), ((1, 3, 3, 16), 24)])
+def test_conv_1x1_vjp_matches_autodiff(shape, features):
+  rng = np.random.default_rng(shape[-1])
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((1, 1, shape[-1], features)), jnp.float32)
+  plain = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((0, 0), (0, 0)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _assert_vjp_equal(conv_1x1, plain, (x, kernel))
+
+
+def _plain_batch_norm_train(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  var = jnp.square(x - mean).mean(axes)
+  return (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias, mean, var
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 4, 4, 16), (1, 2, 3, 1)])
+def test_batch_norm_train_vjp_matches_autodiff(shape):
+  rng = np.random.default_rng(sum(shape))
+  x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.float32)
+  scale = jnp.asarray(rng.standard_normal(shape[-1:]), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(shape[-1:]), jnp.float32)
+  got_out, got_vjp = jax.vjp(lambda *a: batch_norm_train(*a, 1e-5), x, scale, bias)
+  want_out, want_vjp = jax.vjp(lambda *a: _plain_batch_norm_train(*a, 1e-5), x, scale, bias)
+  for got, want in zip(got_out, want_out):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Cotangents for y and (unusually) for the mean and variance outputs too.
+  cotangents = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32) for o in want_out)
+  for got, want in zip(jax.jit(got_vjp)(cotangents), jax.jit(want_vjp)(cotangents)):
+    scale_ = max(1.0, float(jnp.max(jnp.abs(want))))
+    np.testing.assert_allclose(got / scale_, want / scale_, rtol=0, atol=1e-5)
