@@ -162,13 +162,13 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
   return _depthwise_shifted_vjp(x, kernel, int(stride), padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_shifted_vjp(x, kernel, stride, padding):
-  return _depthwise_shifted(x, kernel, stride, padding)
-
-
-def _depthwise_shifted_fwd(x, kernel, stride, padding):
-  return _depthwise_shifted(x, kernel, stride, padding), (x, kernel)
+def _with_written_gradient(primal, backward):
+  """`primal(x, kernel, stride, padding)` whose VJP is `backward(stride, padding, (x, kernel), g)`
+  (stride and padding static)."""
+  fn = jax.custom_vjp(primal, nondiff_argnums=(2, 3))
+  fn.defvjp(lambda x, kernel, stride, padding: (primal(x, kernel, stride, padding), (x, kernel)),
+            backward)
+  return fn
 
 
 def _depthwise_shifted_bwd(stride, padding, residuals, g):
@@ -191,7 +191,7 @@ def _depthwise_shifted_bwd(stride, padding, residuals, g):
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_depthwise_shifted_vjp.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
+_depthwise_shifted_vjp = _with_written_gradient(_depthwise_shifted, _depthwise_shifted_bwd)
 
 
 def _plain_conv(x, kernel, stride, padding, groups=1):
@@ -311,15 +311,6 @@ def _conv_transpose(x, kernel, stride, padding):
                             dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose_vjp(x, kernel, stride, padding):
-  return _conv_transpose(x, kernel, stride, padding)
-
-
-def _conv_transpose_fwd(x, kernel, stride, padding):
-  return _conv_transpose(x, kernel, stride, padding), (x, kernel)
-
-
 def _conv_transpose_bwd(stride, padding, residuals, g):
   x, kernel = residuals
   k = kernel.shape[0]
@@ -350,7 +341,7 @@ def _conv_transpose_bwd(stride, padding, residuals, g):
   return dx, d_kernel.astype(kernel.dtype)
 
 
-_conv_transpose_vjp.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+_conv_transpose_vjp = _with_written_gradient(_conv_transpose, _conv_transpose_bwd)
 
 
 class ConvTranspose(nn.Module):
