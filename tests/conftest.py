@@ -35,3 +35,17 @@ def h4_variables():
   from ehrnet_jax.scaling import ScalingSpec
   return convert.convert_state_dict(convert.load_state_dict(samples.reference_weights()),
                                     ScalingSpec.from_name("H-4"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the whole session, the notebooks' kernels and the
+  CLI's subprocesses included: a program compiled by one test (the smoke config's training
+  step, the H-4 network at a photo's size) is loaded by the next instead of compiled again."""
+  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return directory

@@ -38,9 +38,11 @@ def run(args) -> int:
   from ehrnet_jax.errors import UserError  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(args.workdir)
-  # Evaluation and prediction compile the same programs: let the second reuse the first's.
-  jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Evaluation and prediction compile the same programs: let the second reuse the first's (in
+  # the user's cache, JAX_COMPILATION_CACHE_DIR, if there is one).
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   if not pathlib.Path(args.config).is_file():
     raise UserError(f"{args.config}: no such config; run `ehrnet demo` from the repository root "
                     "or pass --config")
