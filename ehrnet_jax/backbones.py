@@ -18,8 +18,8 @@ import pathlib
 from typing import Any, Callable
 
 from ehrnet_jax import checkpoints
-from ehrnet_jax.convert import BACKBONE
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.models import backbone_variables
 from ehrnet_jax.scaling import ScalingSpec
 
 Variables = dict[str, Any]
@@ -35,8 +35,7 @@ def _from_checkpoint(directory: pathlib.Path, spec: ScalingSpec) -> tuple[Variab
   if not spec.same_backbone(source_spec):
     raise UserError(f"{directory} holds {name}, whose backbone differs from {spec.name}'s; use "
                     f"the backbone of {spec.classifier_name} or {spec.name}")
-  backbone = {c: {BACKBONE: variables[c][BACKBONE]} for c in variables}
-  return backbone, f"the backbone of {name} ({directory})"
+  return backbone_variables(variables), f"the backbone of {name} ({directory})"
 
 
 def _from_state_dict(path: pathlib.Path, spec: ScalingSpec) -> tuple[Variables, str]:

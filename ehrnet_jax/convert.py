@@ -21,11 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
+from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier, backbone_variables
 from ehrnet_jax.scaling import ScalingSpec
 
 Path = tuple[str, ...]
-BACKBONE = "backbone"  # The Flax module of the EfficientNet features in both models.
 # (state-dict prefix, Flax module path, layer kind)
 Entry = tuple[str, Path, str]
 CONV, CONV_BIAS, BN, DENSE, DENSE_FROM_1X1, CONV_TRANSPOSE = (
@@ -279,8 +278,7 @@ def convert_backbone_state_dict(state_dict: Mapping[str, np.ndarray], spec: Scal
   layer, a pose model's HR network and head). Missing or mis-shaped backbone keys raise.
   """
   _check_zero_pad_layout(state_dict, source)
-  full = abstract_variables(spec)
-  target = {c: {BACKBONE: full[c][BACKBONE]} for c in full}
+  target = backbone_variables(abstract_variables(spec))
   variables, used = _convert(state_dict, list(backbone_key_map(spec)), target, source,
                              f"the backbone of {spec.name}", allow_unused=True)
   skipped = sorted(set(state_dict) - set(used))

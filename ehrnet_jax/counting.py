@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
+from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -79,8 +79,8 @@ def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
   # The network as specified: depthwise convs as convolutions, no alignment channels.
   model = EfficientHRNet(spec, depthwise="conv", channel_align=1)
   variables, counts = _counts(model, height, width, with_flops)
-  backbone = count_params(variables["params"]["backbone"])
-  stem = count_params(variables["params"]["backbone"]["stem"])
+  backbone = count_params(variables["params"][BACKBONE])
+  stem = count_params(variables["params"][BACKBONE]["stem"])
   return {
       "name": spec.name, "phi": spec.phi, "counted_at_hw": [height, width],
       "params": counts["params"], "backbone_params": backbone,

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.efficientnet import EfficientNetFeatures
+from ehrnet_jax.models.efficientnet import BACKBONE, EfficientNetFeatures
 from ehrnet_jax.models.head import HigherResolutionHead
 from ehrnet_jax.models.hrnet import HighResolutionNetwork
 from ehrnet_jax.models.layers import Dtype
@@ -40,7 +40,7 @@ class EfficientHRNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool) -> PoseOutputs:
     """images: (B, H, W, 3) normalised RGB, H and W multiples of 32."""
     self.spec.check_input_shape(*images.shape[1:3])
-    taps = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name="backbone")(
+    taps = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name=BACKBONE)(
         images, train)
     x = HighResolutionNetwork(self.spec, self.channel_align, dtype=self.dtype, name="hrnet")(
         taps, train)

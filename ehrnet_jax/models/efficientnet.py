@@ -13,6 +13,10 @@ import jax.numpy as jnp
 from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out
 from ehrnet_jax.scaling import ScalingSpec
 
+# The name of the `EfficientNetFeatures` module in the pose model and in the classifier: the
+# top-level key of the backbone's variables in both.
+BACKBONE = "backbone"
+
 
 def reference_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
   total = max(kernel_size - stride, 0)
@@ -125,7 +129,7 @@ class EfficientNetClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    x = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name="backbone")(
+    x = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name=BACKBONE)(
         images, train)[-1]
     x = backbone_conv(self.spec.classifier_channels, 1, name="head_conv", dtype=self.dtype)(
         x, train)
@@ -133,3 +137,9 @@ class EfficientNetClassifier(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
 
+
+
+def backbone_variables(variables: dict) -> dict:
+  """The backbone's part of a pose model's or classifier's variables (or of their shapes):
+  `{collection: {"backbone": ...}}` for each collection."""
+  return {collection: {BACKBONE: tree[BACKBONE]} for collection, tree in variables.items()}

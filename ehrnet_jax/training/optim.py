@@ -16,9 +16,9 @@ import optax
 
 from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.models import BACKBONE
 
 FROZEN, TRAINABLE = "frozen", "trainable"
-BACKBONE = "backbone"  # The top-level params collection of the EfficientNet features.
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ehrnet_jax.training import optim
+from ehrnet_jax.models import BACKBONE
 from ehrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -37,7 +37,7 @@ AXIS = "devices"
 
 def _split_frozen(params: dict[str, Any], freeze_backbone: bool):
   """(trainable, frozen) top-level sub-dicts of `params`."""
-  frozen = {k: v for k, v in params.items() if freeze_backbone and k == optim.BACKBONE}
+  frozen = {k: v for k, v in params.items() if freeze_backbone and k == BACKBONE}
   trainable = {k: v for k, v in params.items() if k not in frozen}
   return trainable, frozen
 
