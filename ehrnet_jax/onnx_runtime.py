@@ -35,8 +35,7 @@ PROVIDERS = {
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
   """The metadata `ehrnet export` stores in the model (keys `ehrnet.*`)."""
-  variant: str
-  phi: float
+  spec: ScalingSpec               # the exported variant (from its phi)
   input_size: int                 # the variant's training size: sets the test-time warp
   image_hw: tuple[int, int]       # the network input the graph was exported for
   batch: int | None               # None: dynamic
@@ -47,7 +46,7 @@ class ModelInfo:
     try:
       h, w = (int(v) for v in props["ehrnet.image_hw"].split("x"))
       batch = props["ehrnet.batch"]
-      return cls(props["ehrnet.variant"], float(props["ehrnet.phi"]),
+      return cls(ScalingSpec.from_phi(float(props["ehrnet.phi"])),
                  int(props["ehrnet.input_size"]), (h, w),
                  None if batch == "dynamic" else int(batch), props["ehrnet.layout"])
     except (KeyError, ValueError) as error:
@@ -120,7 +119,7 @@ def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool =
                    ) -> inference.PoseEstimator:
   """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it."""
   network = OnnxNetwork(path, device)
-  stored = ScalingSpec.from_phi(network.info.phi)
+  stored = network.info.spec
   if variant is not None and ScalingSpec.from_name(variant) != stored:
     raise UserError(f"{path} holds variant {stored.name}, not {variant}; pass "
                     f"--variant {stored.variant_arg} or another model")

@@ -232,7 +232,7 @@ def classifier_variant(name: str) -> tuple[ScalingSpec, int]:
   initialise (`ehrnet_jax.backbones`).
   """
   if isinstance(name, str) and name.startswith("phi="):
-    spec = ScalingSpec.from_phi(name[len("phi="):])
+    spec = ScalingSpec.from_name(name)
   elif name in CLASSIFIER_VARIANTS:
     spec = ScalingSpec.from_phi(CLASSIFIER_VARIANTS[name])
   else:

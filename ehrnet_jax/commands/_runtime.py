@@ -40,8 +40,8 @@ def check_model(args: argparse.Namespace, model: str) -> None:
 
 
 def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = None):
-  """The `inference.PoseEstimator` of the flags, for `model` (checked with `check_model`)."""
-  check_model(args, model)
+  """The `inference.PoseEstimator` of the flags, for `model` (call `check_model` first, before
+  any slow work)."""
   scales, flip = parse_scales(args.scales), not args.no_flip
   if args.backend == "onnx":
     from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
