@@ -38,6 +38,7 @@ from ehrnet_jax.export import network, onnx as onnx_export, tensorrt
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.onnx_runtime import OnnxNetwork
 from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.xla_options import inference_compiler_options
 
 
 def variables_for(spec, checkpoint, reference_dir):
@@ -96,9 +97,10 @@ def run_variant(name, checkpoint, reference_dir, repeats, tmp, use_tensorrt):
   spec = ScalingSpec.from_name(name)
   variables = variables_for(spec, checkpoint, reference_dir)
   size = spec.input_size
-  model = EfficientHRNet(spec, depthwise="conv")
+  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
   exact = jax.jit(lambda x: model.apply(variables, x, train=False))
-  fastest = jax.jit(lambda x: EfficientHRNet(spec).apply(variables, x, train=False))
+  fastest = jax.jit(lambda x: EfficientHRNet(spec).apply(variables, x, train=False),
+                    compiler_options=inference_compiler_options())
   rng = np.random.default_rng(0)
 
   start = time.perf_counter()

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training.state import init_variables
+from ehrnet_jax.xla_options import inference_compiler_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,8 @@ def time_network(spec: ScalingSpec, batch: int = 1, size: tuple[int, int] | None
   if variables is None:
     variables = init_variables(model, 64, jax.random.key(seed))
   start = time.perf_counter()
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                    compiler_options=inference_compiler_options()).lower(variables, images).compile()
   compile_s = time.perf_counter() - start
   for _ in range(warmup):
     jax.block_until_ready(forward(variables, images))

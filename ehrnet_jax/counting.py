@@ -76,8 +76,8 @@ def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
                  with_flops: bool = True) -> dict:
   """Counts for `EfficientHRNet(spec)` at batch 1 and `size` (H, W; default: the native input)."""
   height, width = size or (spec.input_size, spec.input_size)
-  # The network as specified: depthwise convs as convolutions, no alignment channels.
-  model = EfficientHRNet(spec, depthwise="conv", channel_align=1)
+  # The network as specified: depthwise and transposed convs as such, no alignment channels.
+  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose", channel_align=1)
   variables, counts = _counts(model, height, width, with_flops)
   backbone = count_params(variables["params"][BACKBONE])
   stem = count_params(variables["params"][BACKBONE]["stem"])

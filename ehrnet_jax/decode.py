@@ -28,6 +28,7 @@ from ehrnet_jax import aggregate
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import group
 from ehrnet_jax import inference
+from ehrnet_jax.xla_options import inference_compiler_options
 
 # (variables, images float32 (B, H, W, 3)) -> (heatmaps_4, tags_4, heatmaps_2), e.g. PoseOutputs.
 ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
@@ -85,7 +86,8 @@ class JaxDecoder:
                config: group.GroupingConfig = group.GroupingConfig(), bucket: int | None = None):
     """`flip_index` turns on the flip test (e.g. `keypoints.COCO.flip_index`)."""
     self.variables = variables
-    self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket))
+    self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket),
+                            compiler_options=inference_compiler_options())
     self._maps = jax.jit(functools.partial(_maps, flip_index),
                          static_argnames=("scales", "base_hw"))
     # NMS and top-k are separate programs: fused, XLA on CPU is 2-3x slower.

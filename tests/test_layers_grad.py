@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ehrnet_jax.models.layers import (batch_norm_train, conv_1x1, conv_transpose,
-                                     depthwise_conv_shifted)
+from ehrnet_jax.models.layers import (_subpixel_conv_transpose, batch_norm_train, conv_1x1,
+                                     conv_transpose, depthwise_conv_shifted)
 from ehrnet_jax.models.efficientnet import reference_padding
 
 
@@ -71,7 +71,7 @@ def test_depthwise_shifted_grad_under_jit_and_in_a_network():
 
 @pytest.mark.parametrize("kernel_size,stride,padding,shape", [
     (4, 2, ((2, 2), (2, 2)), (2, 6, 5, 7)),   # the head's deconv (torch padding 1)
-    (4, 2, ((3, 3), (3, 3)), (1, 4, 4, 3)),   # torch padding 0
+    (4, 2, ((1, 3), (3, 1)), (1, 4, 4, 3)),
     (3, 2, ((1, 2), (2, 1)), (2, 5, 6, 4)),
     (3, 1, ((1, 1), (1, 1)), (1, 5, 5, 3)),
 ])
@@ -82,7 +82,28 @@ def test_conv_transpose_vjp_matches_autodiff(kernel_size, stride, padding, shape
   plain = lambda x, k: lax.conv_transpose(x, k, (stride, stride), padding,
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                           transpose_kernel=True)
-  _assert_vjp_equal(lambda x, k: conv_transpose(x, k, stride, padding), plain, (x, kernel))
+  for form in ("subpixel", "transpose"):
+    _assert_vjp_equal(lambda x, k: conv_transpose(x, k, stride, padding, form), plain, (x, kernel))
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [
+    (4, 2, ((2, 2), (2, 2))), (4, 2, ((0, 4), (3, 1))), (3, 2, ((1, 2), (2, 1))),
+    (2, 2, ((1, 1), (1, 1))), (6, 3, ((2, 5), (4, 3))), (5, 3, ((4, 2), (3, 3))),
+    (3, 1, ((1, 1), (0, 2)))])
+def test_subpixel_conv_transpose_equals_dilated(kernel_size, stride, padding):
+  rng = np.random.default_rng(kernel_size * stride)
+  x = jnp.asarray(rng.standard_normal((2, 5, 7, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, 4, 6)), jnp.float32)
+  want = lax.conv_transpose(x, kernel, (stride, stride), padding,
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+  got = _subpixel_conv_transpose(x, kernel, stride, padding)
+  assert got.shape == want.shape == (2, 5 * stride, 7 * stride, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_conv_transpose_refuses_other_output_sizes():
+  with pytest.raises(ValueError, match="output 2x the input"):
+    _subpixel_conv_transpose(jnp.zeros((1, 4, 4, 3)), jnp.zeros((4, 4, 2, 3)), 2, ((3, 3), (3, 3)))
 
 
 @pytest.mark.parametrize("shape,features", [((2, 6, 5, 7), 4), ((1, 3, 3, 16), 24)])

@@ -10,6 +10,7 @@ from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.models.layers import BatchNorm, depthwise_conv_shifted
 from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.xla_options import inference_compiler_options
 
 # True counts of the reference models (`model.parameters()`), total and backbone.
 REFERENCE_PARAMS = {
@@ -117,3 +118,32 @@ def test_bf16_compute_stays_close_to_float32(h4_variables):
     assert low.dtype == jnp.float32
     # bfloat16 keeps 8 mantissa bits; through ~100 layers the maps stay strongly correlated.
     assert np.corrcoef(np.ravel(low), np.ravel(full))[0, 1] > 0.97
+
+
+def test_cpu_forms_compute_the_exported_network(h4_variables):
+  # The exported form (closed-over weights, the plain dilated transposed convolution) and the CPU
+  # form (weights as jit arguments, the sub-pixel transposed convolution) agree.
+  spec = ScalingSpec.from_name("H-4")
+  exported, fastest = EfficientHRNet(spec, deconv="transpose"), EfficientHRNet(spec)
+  images = jax.random.normal(jax.random.key(2), (1, 64, 96, 3))
+  closed_over = lambda x: exported.apply(h4_variables, x, train=False)
+  as_argument = lambda v, x: fastest.apply(v, x, train=False)
+  assert "lhs_dilation=(2, 2)" in str(jax.make_jaxpr(closed_over)(images))
+  assert "lhs_dilation=(2, 2)" not in str(jax.make_jaxpr(as_argument)(h4_variables, images))
+  for want, got in zip(jax.jit(closed_over)(images), evaluate(fastest, h4_variables, images)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_compiler_options_reach_xla(h4_variables):
+  # On CPU the eval network compiles without YNNPACK fusions (xla_options explains why) and
+  # computes the same numbers.
+  model = EfficientHRNet(ScalingSpec.from_name("H-4"))
+  images = jax.random.normal(jax.random.key(3), (1, 64, 64, 3))
+  forward = lambda v, x: model.apply(v, x, train=False)
+  options = inference_compiler_options("cpu")
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert inference_compiler_options("gpu") is None
+  compiled = jax.jit(forward, compiler_options=options).lower(h4_variables, images).compile()
+  assert "__ynn_fusion" not in compiled.as_text()
+  for got, want in zip(compiled(h4_variables, images), evaluate(model, h4_variables, images)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

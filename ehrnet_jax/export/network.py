@@ -2,9 +2,10 @@
 
 Exported graphs use XLA's grouped convolution for the depthwise layers (`depthwise="conv"`):
 the shifted-slices form the model picks on CPU computes the same numbers but becomes k*k slices
-and multiplies per layer in ONNX. Eval-mode batch norm is folded into the convolutions by the
-model itself (`ConvBN`); the remaining per-channel arithmetic on the weights is constant-folded
-after export.
+and multiplies per layer in ONNX; likewise the head keeps the plain transposed convolution
+(`deconv="transpose"`), which ONNX and TensorRT run natively. Eval-mode batch norm is folded into
+the convolutions by the model itself (`ConvBN`); the remaining per-channel arithmetic on the
+weights is constant-folded after export.
 """
 
 import dataclasses
@@ -67,7 +68,7 @@ def inference_fn(spec: ScalingSpec, layout: str = "NHWC") -> Callable:
   """(variables, images (layout)) -> (heatmaps_4, tags_4, heatmaps_2) (layout)."""
   if layout not in LAYOUTS:
     raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  model = EfficientHRNet(spec, depthwise="conv")
+  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
 
   def fn(variables, images):
     if layout == "NCHW":

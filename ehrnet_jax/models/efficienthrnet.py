@@ -27,12 +27,15 @@ class EfficientHRNet(nn.Module):
   drop-connect (needs a "dropout" rng); `train=False` uses the running statistics and is
   deterministic. `dtype` is the compute dtype (e.g. bfloat16 on TPU); parameters and batch-norm
   statistics stay float32 and so do the outputs. `depthwise` picks the backbone's depthwise-conv
-  implementation ("auto": shifted slices on CPU, grouped conv elsewhere; "conv" for export).
+  implementation ("auto": shifted slices on CPU, grouped conv elsewhere; "conv" for export) and
+  `deconv` the head's transposed convolution ("auto": sub-pixel form on CPU, the plain primitive
+  elsewhere; "transpose" for export; see `layers.conv_transpose`).
   `channel_align` pads the high-resolution widths with zero channels to a multiple of it while
   computing (the parameters and the numbers are unchanged; see `layers.Conv`).
   """
   spec: ScalingSpec
   depthwise: str = "auto"
+  deconv: str = "auto"
   channel_align: int = 8
   dtype: Dtype = jnp.float32
 
@@ -46,7 +49,7 @@ class EfficientHRNet(nn.Module):
         taps, train)
     out_4, out_2 = HigherResolutionHead(
         self.spec.num_joints, self.spec.hr_widths[0], self.spec.head_width, self.spec.head_blocks,
-        self.channel_align, dtype=self.dtype, name="head")(x, train)
+        self.channel_align, self.deconv, dtype=self.dtype, name="head")(x, train)
     joints = self.spec.num_joints
     out_4, out_2 = out_4.astype(jnp.float32), out_2.astype(jnp.float32)
     return PoseOutputs(out_4[..., :joints], out_4[..., joints:], out_2)

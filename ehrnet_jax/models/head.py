@@ -13,12 +13,14 @@ class HigherResolutionHead(nn.Module):
   conv -> BN-ReLU -> basic blocks -> 1x1 conv -> J heatmaps at 1/2.
 
   `x` has `in_features` channels, then zero channels (see `layers.Conv`); the blocks at 1/2
-  carry `aligned(width, align)` channels."""
+  carry `aligned(width, align)` channels. `deconv` is the transposed convolution's form (see
+  `layers.conv_transpose`)."""
   num_joints: int
   in_features: int
   width: int
   num_blocks: int = 2
   align: int = 1
+  deconv: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -27,7 +29,8 @@ class HigherResolutionHead(nn.Module):
                  dtype=self.dtype, name="final_4")(x)                    # (B, H/4, W/4, 2J)
     y = jnp.concatenate([x[..., :self.in_features], out_4], axis=-1)
     # Equals PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): output exactly 2x the input.
-    y = ConvTranspose(self.width, 4, 2, ((2, 2), (2, 2)), dtype=self.dtype, name="deconv")(y)
+    y = ConvTranspose(self.width, 4, 2, ((2, 2), (2, 2)), form=self.deconv, dtype=self.dtype,
+                      name="deconv")(y)
     y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
     y = pad_channels(y, aligned(self.width, self.align))
     for k in range(self.num_blocks):

@@ -293,22 +293,69 @@ class Conv(nn.Module):
     return "shifted"
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                   form: str = "auto") -> jax.Array:
   """`lax.conv_transpose(x, kernel, (stride, stride), padding, transpose_kernel=True)`, NHWC with
   the kernel (k, k, C_out, C_in), with a hand-written kernel gradient.
+
+  `form`: "transpose" (the plain primitive: exports, where ONNX and TensorRT run ConvTranspose
+  natively, and counting), "subpixel" (`_subpixel_conv_transpose`: one ordinary convolution on the
+  undilated input, 2.3x faster on XLA:CPU) or "auto" (sub-pixel on CPU, plain elsewhere).
 
   Autodiff turns the kernel gradient into an XLA convolution with an input-sized window and
   dilated kernel, which XLA:CPU runs on its slow generic path (13% of the whole H-4 training
   step); here it is one matrix product of the input with the k*k strided slices of the output
   gradient. The input gradient stays XLA's (a strided convolution). Same numbers.
   """
+  if form not in ("auto", "subpixel", "transpose"):
+    raise ValueError(f"unknown transposed-convolution form {form!r}")
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if form == "subpixel" or (form == "auto" and jax.default_backend() == "cpu"):
+    return _subpixel_conv_transpose_vjp(x, kernel, int(stride), padding)
   return _conv_transpose_vjp(x, kernel, int(stride), padding)
 
 
 def _conv_transpose(x, kernel, stride, padding):
   return lax.conv_transpose(x, kernel, (stride, stride), padding,
                             dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+
+def _subpixel_conv_transpose(x, kernel, stride, padding):
+  """`_conv_transpose` for outputs exactly `stride` times the input, without the zeros.
+
+  The transposed convolution correlates the input dilated by `stride` (and padded by `low`)
+  with rhs[a] = kernel[k - 1 - a] (I and O swapped): y[s*m + p] = sum_a xd[s*m + p + a - low]
+  rhs[a], where only the taps with a = low - p (mod s) meet an input sample, x[m + d] with
+  d = (p + a - low) / s. So every output phase p is a small correlation of the undilated input:
+  all s*s phases are one convolution with s*s*C_out output channels, then interleaved
+  (depth-to-space). XLA:CPU runs it 2.3x faster than the dilated form (H0's head: 31 -> 13 ms).
+  """
+  k, s = kernel.shape[0], stride
+  batch, height, width, _ = x.shape
+  lows = [low for low, _ in padding]
+  if any(low + high != k + s - 2 for low, high in padding):
+    raise ValueError(f"sub-pixel transposed convolution needs an output {s}x the input; "
+                     f"got kernel {k}, stride {s}, padding {padding}")
+  rhs = kernel[::-1, ::-1].transpose(0, 1, 3, 2)                     # (k, k, C_in, C_out)
+  # tap[axis][p][d]: the kernel index a feeding output phase p from input offset d.
+  tap = [[{(p + a - low) // s: a for a in range((low - p) % s, k, s)} for p in range(s)]
+         for low in lows]
+  first = [min(min(phase) for phase in axis) for axis in tap]
+  size = [max(max(phase) for phase in axis) - f + 1 for axis, f in zip(tap, first)]
+  zeros = jnp.zeros(rhs.shape[2:], rhs.dtype)
+
+  def weight(d, e, p, q):  # (C_in, C_out) at window position (d, e) for output phase (p, q)
+    a, b = tap[0][p].get(d + first[0]), tap[1][q].get(e + first[1])
+    return zeros if a is None or b is None else rhs[a, b]
+
+  phases = jnp.stack([jnp.stack([jnp.concatenate([weight(d, e, p, q) for p in range(s)
+                                                  for q in range(s)], axis=-1)
+                                 for e in range(size[1])]) for d in range(size[0])])
+  y = lax.conv_general_dilated(
+      x, phases, (1, 1), [(-first[0], size[0] - 1 + first[0]), (-first[1], size[1] - 1 + first[1])],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))                     # (B, H, W, s*s*C_out)
+  y = y.reshape(batch, height, width, s, s, -1).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(batch, s * height, s * width, y.shape[-1])
 
 
 def _conv_transpose_bwd(stride, padding, residuals, g):
@@ -342,6 +389,8 @@ def _conv_transpose_bwd(stride, padding, residuals, g):
 
 
 _conv_transpose_vjp = _with_written_gradient(_conv_transpose, _conv_transpose_bwd)
+_subpixel_conv_transpose_vjp = _with_written_gradient(_subpixel_conv_transpose,
+                                                      _conv_transpose_bwd)
 
 
 class ConvTranspose(nn.Module):
@@ -349,14 +398,14 @@ class ConvTranspose(nn.Module):
 
   kernel (k, k, C_out, C_in), i.e. torch's (C_in, C_out, k, k) transposed (2, 3, 1, 0); with
   `padding` p_t, equals `torch.nn.ConvTranspose2d(k, stride, p_t)` for `padding = k - 1 - p_t`.
-  Written with `lax.conv_transpose` so that exporters see the plain primitive (`conv_transpose`
-  only adds a custom gradient around it).
+  `form` as in `conv_transpose`.
   """
   features: int
   kernel_size: int
   stride: int
   padding: Padding
   kernel_init: Any = small_normal
+  form: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -364,7 +413,7 @@ class ConvTranspose(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size,
                                                      self.features, x.shape[-1]))
     return conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-                          self.padding)
+                          self.padding, self.form)
 
 
 class ConvBN(nn.Module):
