@@ -67,7 +67,8 @@ def use_plain_gradients() -> None:
     return (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias, mean, var
 
   layers.depthwise_conv_shifted = layers._depthwise_shifted
-  layers.conv_transpose = layers._conv_transpose
+  layers.conv_transpose = lambda x, kernel, stride, padding, form: layers._conv_transpose(
+      x, kernel, stride, padding)
   layers.conv_1x1 = lambda x, kernel: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
   layers.batch_norm_train = plain_batch_norm
 

@@ -158,17 +158,17 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
   each recomputing the fused producers) and reduce the kernel gradient tap by tap with XLA:CPU's
   slow column reductions: 2-3x less CPU time for the layer's forward + backward (BENCHMARKS.md).
   """
-  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  return _depthwise_shifted_vjp(x, kernel, int(stride), padding)
+  return _depthwise_shifted_vjp(x, kernel, stride, padding)
 
 
 def _with_written_gradient(primal, backward):
   """`primal(x, kernel, stride, padding)` whose VJP is `backward(stride, padding, (x, kernel), g)`
-  (stride and padding static)."""
+  (stride and padding static: made plain ints and tuples here, so that they hash)."""
   fn = jax.custom_vjp(primal, nondiff_argnums=(2, 3))
   fn.defvjp(lambda x, kernel, stride, padding: (primal(x, kernel, stride, padding), (x, kernel)),
             backward)
-  return fn
+  return lambda x, kernel, stride, padding: fn(
+      x, kernel, int(stride), tuple(tuple(int(p) for p in pair) for pair in padding))
 
 
 def _depthwise_shifted_bwd(stride, padding, residuals, g):
@@ -309,10 +309,9 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
   """
   if form not in ("auto", "subpixel", "transpose"):
     raise ValueError(f"unknown transposed-convolution form {form!r}")
-  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   if form == "subpixel" or (form == "auto" and jax.default_backend() == "cpu"):
-    return _subpixel_conv_transpose_vjp(x, kernel, int(stride), padding)
-  return _conv_transpose_vjp(x, kernel, int(stride), padding)
+    return _subpixel_conv_transpose_vjp(x, kernel, stride, padding)
+  return _conv_transpose_vjp(x, kernel, stride, padding)
 
 
 def _conv_transpose(x, kernel, stride, padding):
@@ -351,9 +350,8 @@ def _subpixel_conv_transpose(x, kernel, stride, padding):
   phases = jnp.stack([jnp.stack([jnp.concatenate([weight(d, e, p, q) for p in range(s)
                                                   for q in range(s)], axis=-1)
                                  for e in range(size[1])]) for d in range(size[0])])
-  y = lax.conv_general_dilated(
-      x, phases, (1, 1), [(-first[0], size[0] - 1 + first[0]), (-first[1], size[1] - 1 + first[1])],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))                     # (B, H, W, s*s*C_out)
+  y = _plain_conv(x, phases, 1, [(-first[0], size[0] - 1 + first[0]),
+                                 (-first[1], size[1] - 1 + first[1])])  # (B, H, W, s*s*C_out)
   y = y.reshape(batch, height, width, s, s, -1).transpose(0, 1, 3, 2, 4, 5)
   return y.reshape(batch, s * height, s * width, y.shape[-1])
 
