@@ -35,7 +35,7 @@ import onnxruntime
 
 from ehrnet_jax import checkpoints, convert, inference, keypoints, samples, transforms
 from ehrnet_jax.export import network, onnx as onnx_export, tensorrt
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, fold_batch_norm
 from ehrnet_jax.onnx_runtime import OnnxNetwork
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
@@ -99,7 +99,8 @@ def run_variant(name, checkpoint, reference_dir, repeats, tmp, use_tensorrt):
   size = spec.input_size
   model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
   exact = jax.jit(lambda x: model.apply(variables, x, train=False))
-  fastest = jax.jit(lambda x: EfficientHRNet(spec).apply(variables, x, train=False),
+  folded = fold_batch_norm(variables)
+  fastest = jax.jit(lambda x: EfficientHRNet(spec, folded_bn=True).apply(folded, x, train=False),
                     compiler_options=inference_compiler_options())
   rng = np.random.default_rng(0)
 

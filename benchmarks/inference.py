@@ -36,11 +36,10 @@ from ehrnet_jax.scaling import ScalingSpec
 
 def random_estimator(variant: str, scales, flip: bool) -> inference.PoseEstimator:
   spec = ScalingSpec.from_name(variant)
-  model = EfficientHRNet(spec)
   size = spec.input_size
-  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-  decoder = decode.JaxDecoder(lambda v, x: model.apply(v, x, train=False), variables,
-                              keypoints.COCO.flip_index if flip else None)
+  variables = EfficientHRNet(spec).init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                        train=False)
+  decoder = decode.network_decoder(spec, variables, keypoints.COCO.flip_index if flip else None)
   return inference.PoseEstimator(decoder, size, scales)
 
 

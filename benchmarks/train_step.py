@@ -101,7 +101,7 @@ def main(argv=None) -> int:
   p_step = step_lib.pmap_train_step(step_lib.make_train_step(
       model, tx, losses.pose_loss, args.freeze_backbone, axis_name=step_lib.AXIS),
       prepare=None if args.prebuilt_targets else targets.prepare_batch)
-  state = step_lib.replicate(create_train_state(model, tx, size, jax.random.key(0)))
+  state = step_lib.replicate(create_train_state(model, tx, jax.random.key(0)))
   devices = jax.local_device_count()
   batches = [synthetic_batch(np.random.default_rng(i), devices, args.batch, size)
              for i in range(2)]
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     batches = [jax.device_get(jax.pmap(targets.prepare_batch)(b)) for b in batches]
 
   start = time.perf_counter()
+  p_step = step_lib.compile_step(p_step, state, batches[0], jax.random.key(0))
   state, metrics = p_step(state, batches[0], jax.random.key(0))
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
@@ -148,7 +149,7 @@ def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
     for i in range(2):
       state, metrics = p_step(state, batch, jax.random.key(100 + i))
       jax.block_until_ready(metrics)
-  hlo = p_step.lower(state, batch, jax.random.key(0)).compile().as_text()
+  hlo = p_step.as_text()  # p_step is the compiled step
   with open(f"{directory}/step_hlo.txt", "w") as f:
     f.write(hlo)
   lines = {}

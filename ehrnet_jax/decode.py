@@ -28,6 +28,8 @@ from ehrnet_jax import aggregate
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import group
 from ehrnet_jax import inference
+from ehrnet_jax.models import EfficientHRNet, fold_batch_norm
+from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
 
 # (variables, images float32 (B, H, W, 3)) -> (heatmaps_4, tags_4, heatmaps_2), e.g. PoseOutputs.
@@ -106,6 +108,17 @@ class JaxDecoder:
     candidates = [group.Candidates(*parts) for parts in zip(xy, values, candidate_tags)]
     return inference.Maps(heatmaps, tags, candidates, network_s=network_done - start,
                           decode_s=time.perf_counter() - network_done)
+
+
+def network_decoder(spec: ScalingSpec, variables, flip_index=None,
+                    config: group.GroupingConfig = group.GroupingConfig(),
+                    bucket: int | None = None) -> JaxDecoder:
+  """A `JaxDecoder` running `EfficientHRNet(spec)` on `variables` (params and batch_stats) in its
+  fastest evaluation form: the batch norms folded into the convolutions once, here. Variables
+  given later must be folded as well (`decoder.variables = fold_batch_norm(variables)`)."""
+  model = EfficientHRNet(spec, folded_bn=True)
+  return JaxDecoder(lambda v, x: model.apply(v, x, train=False), fold_batch_norm(variables),
+                    flip_index, config, bucket)
 
 
 def _network(apply_fn, flip, bucket, variables, images):

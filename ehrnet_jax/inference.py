@@ -165,13 +165,11 @@ def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: b
   # pylint: disable=import-outside-toplevel
   from ehrnet_jax import checkpoints
   from ehrnet_jax import decode
-  from ehrnet_jax.models import EfficientHRNet
   from ehrnet_jax.scaling import ScalingSpec
   # pylint: enable=import-outside-toplevel
   expected = ScalingSpec.from_name(variant) if variant else None
   variables, spec = checkpoints.load_variables(checkpoint, expected)
-  model = EfficientHRNet(spec)
   keypoint_set = keypoints_lib.COCO
-  decoder = decode.JaxDecoder(lambda v, x: model.apply(v, x, train=False), variables,
-                              keypoint_set.flip_index if flip else None, config, bucket)
+  decoder = decode.network_decoder(spec, variables, keypoint_set.flip_index if flip else None,
+                                   config, bucket)
   return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ehrnet_jax.models.layers import (_subpixel_conv_transpose, batch_norm_train, conv_1x1,
-                                     conv_transpose, depthwise_conv_shifted)
+                                     conv_im2col, conv_transpose, depthwise_conv_shifted)
 from ehrnet_jax.models.efficientnet import reference_padding
 
 
@@ -114,6 +114,21 @@ def test_conv_1x1_vjp_matches_autodiff(shape, features):
   plain = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((0, 0), (0, 0)),
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
   _assert_vjp_equal(conv_1x1, plain, (x, kernel))
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding,shape", [
+    (3, 2, reference_padding(3, 2), (2, 10, 8, 3)),   # the stem
+    (3, 2, reference_padding(3, 2), (1, 9, 11, 3)),   # odd sizes
+    (3, 1, ((1, 1), (1, 1)), (2, 6, 7, 2)),
+    (5, 2, ((2, 2), (0, 3)), (1, 10, 10, 4))])
+def test_conv_im2col_equals_the_convolution_with_its_gradients(kernel_size, stride, padding,
+                                                               shape):
+  rng = np.random.default_rng(kernel_size * stride)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, shape[-1], 5)), jnp.float32)
+  plain = lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _assert_vjp_equal(lambda x, k: conv_im2col(x, k, stride, padding), plain, (x, kernel))
 
 
 def _plain_batch_norm_train(x, scale, bias, epsilon):

@@ -7,7 +7,7 @@ import pytest
 
 from ehrnet_jax.counting import count_params
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, fold_batch_norm
 from ehrnet_jax.models.layers import BatchNorm, depthwise_conv_shifted
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
@@ -134,6 +134,25 @@ def test_cpu_forms_compute_the_exported_network(h4_variables):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_folded_batch_norm_variables_and_outputs(h4_variables):
+  # fold_batch_norm leaves one bias per convolution and no BN beside it; the folded network
+  # computes the same outputs and refuses to train.
+  folded = fold_batch_norm(h4_variables)
+  stem = folded["params"]["backbone"]["stem"]
+  assert set(stem) == {"conv"} and set(stem["conv"]) == {"kernel", "bias"}
+  assert jax.tree.leaves(folded["batch_stats"]) == jax.tree.leaves(
+      {"head": h4_variables["batch_stats"]["head"]["deconv_bn"]})   # the only BN not after a conv
+  spec = ScalingSpec.from_name("H-4")
+  model = EfficientHRNet(spec, folded_bn=True)
+  images = jax.random.normal(jax.random.key(4), (1, 64, 96, 3))
+  for got, want in zip(evaluate(model, folded, images),
+                       evaluate(EfficientHRNet(spec), h4_variables, images)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="evaluation only"):
+    model.apply(folded, images, train=True, rngs={"dropout": jax.random.key(0)},
+                mutable=["batch_stats"])
+
+
 def test_inference_compiler_options_reach_xla(h4_variables):
   # On CPU the eval network compiles without YNNPACK fusions (xla_options explains why) and
   # computes the same numbers.
@@ -141,7 +160,7 @@ def test_inference_compiler_options_reach_xla(h4_variables):
   images = jax.random.normal(jax.random.key(3), (1, 64, 64, 3))
   forward = lambda v, x: model.apply(v, x, train=False)
   options = inference_compiler_options("cpu")
-  assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert options["xla_cpu_experimental_ynn_fusion_type"] == ""
   assert inference_compiler_options("gpu") is None
   compiled = jax.jit(forward, compiler_options=options).lower(h4_variables, images).compile()
   assert "__ynn_fusion" not in compiled.as_text()

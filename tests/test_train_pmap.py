@@ -38,7 +38,7 @@ def _run_step(out: str, coordinator: str = "", num_processes: int = 0, process_i
   from test_train_support import SyntheticData, TinyPoseNet
 
   model, tx = TinyPoseNet(), optax.sgd(1.0)
-  state = create_train_state(model, tx, SIZE, jax.random.key(0))
+  state = create_train_state(model, tx, jax.random.key(0))
   rng = jax.random.key(3)
   total, local = jax.device_count(), jax.local_device_count()
   batch = SyntheticData(0, PER_DEVICE, SIZE, devices=total).batch(0)  # (devices, 2, ...)

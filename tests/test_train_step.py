@@ -35,7 +35,7 @@ def test_warmup_then_decay():
 def _setup(freeze_backbone: bool):
   model = TinyPoseNet()
   tx = optim.make_optimizer(TrainConfig(freeze_backbone=freeze_backbone), steps_per_epoch=10)
-  state = create_train_state(model, tx, SIZE, jax.random.key(0))
+  state = create_train_state(model, tx, jax.random.key(0))
   batch = targets.prepare_batch(host_batch(np.random.default_rng(0), 2, SIZE))
   step = jax.jit(step_lib.make_train_step(model, tx, losses.pose_loss, freeze_backbone))
   return model, state, batch, step

@@ -54,7 +54,7 @@ def run(args) -> int:
     spec = ScalingSpec.from_name(name)
     size = args.size or spec.input_size
     spec.check_input_shape(size, size)
-    variables = init_variables(EfficientHRNet(spec), 64, jax.random.key(0))
+    variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
     latency = benchmark.time_network(spec, 1, (size, size), repeats=args.repeats,
                                      warmup=args.warmup, depthwise=args.depthwise,
                                      variables=variables)

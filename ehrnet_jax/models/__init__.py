@@ -3,6 +3,7 @@
 from ehrnet_jax.models.efficienthrnet import EfficientHRNet, PoseOutputs
 from ehrnet_jax.models.efficientnet import (BACKBONE, EfficientNetClassifier, EfficientNetFeatures,
                                             backbone_variables)
+from ehrnet_jax.models.layers import fold_batch_norm
 
 __all__ = ["BACKBONE", "EfficientHRNet", "EfficientNetClassifier", "EfficientNetFeatures",
-           "PoseOutputs", "backbone_variables"]
+           "PoseOutputs", "backbone_variables", "fold_batch_norm"]

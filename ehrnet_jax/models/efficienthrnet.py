@@ -32,24 +32,27 @@ class EfficientHRNet(nn.Module):
   elsewhere; "transpose" for export; see `layers.conv_transpose`).
   `channel_align` pads the high-resolution widths with zero channels to a multiple of it while
   computing (the parameters and the numbers are unchanged; see `layers.Conv`).
+  `folded_bn=True` is the fastest evaluation form: it runs on `layers.fold_batch_norm(variables)`
+  (the batch norms folded into the convolutions once, rather than on every call).
   """
   spec: ScalingSpec
   depthwise: str = "auto"
   deconv: str = "auto"
   channel_align: int = 8
+  folded_bn: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> PoseOutputs:
     """images: (B, H, W, 3) normalised RGB, H and W multiples of 32."""
     self.spec.check_input_shape(*images.shape[1:3])
-    taps = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name=BACKBONE)(
-        images, train)
-    x = HighResolutionNetwork(self.spec, self.channel_align, dtype=self.dtype, name="hrnet")(
-        taps, train)
+    taps = EfficientNetFeatures(self.spec, self.depthwise, self.folded_bn, dtype=self.dtype,
+                                name=BACKBONE)(images, train)
+    x = HighResolutionNetwork(self.spec, self.channel_align, self.folded_bn, dtype=self.dtype,
+                              name="hrnet")(taps, train)
     out_4, out_2 = HigherResolutionHead(
         self.spec.num_joints, self.spec.hr_widths[0], self.spec.head_width, self.spec.head_blocks,
-        self.channel_align, self.deconv, dtype=self.dtype, name="head")(x, train)
+        self.channel_align, self.deconv, self.folded_bn, dtype=self.dtype, name="head")(x, train)
     joints = self.spec.num_joints
     out_4, out_2 = out_4.astype(jnp.float32), out_2.astype(jnp.float32)
     return PoseOutputs(out_4[..., :joints], out_4[..., joints:], out_2)

@@ -25,12 +25,12 @@ def reference_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], t
 
 
 def backbone_conv(features: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  name: str | None = None, depthwise: str = "auto",
+                  name: str | None = None, depthwise: str = "auto", folded_bn: bool = False,
                   dtype: Dtype = jnp.float32) -> ConvBN:
   """Conv-BN-swish with the reference's padding and kaiming (fan_out) initialisation."""
   return ConvBN(features, kernel_size, stride, padding=reference_padding(kernel_size, stride),
                 groups=groups, activation=nn.swish, kernel_init=kaiming_fan_out,
-                depthwise=depthwise, dtype=dtype, name=name)
+                depthwise=depthwise, folded_bn=folded_bn, dtype=dtype, name=name)
 
 
 def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -65,6 +65,7 @@ class MBConv(nn.Module):
   stride: int
   drop_connect_rate: float
   depthwise: str = "auto"
+  folded_bn: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -72,12 +73,14 @@ class MBConv(nn.Module):
     hidden = self.in_channels * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = backbone_conv(hidden, 1, name="expand", dtype=self.dtype)(y, train)
+      y = backbone_conv(hidden, 1, name="expand", folded_bn=self.folded_bn, dtype=self.dtype)(
+          y, train)
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
-                      depthwise=self.depthwise, dtype=self.dtype)(y, train)
+                      depthwise=self.depthwise, folded_bn=self.folded_bn, dtype=self.dtype)(
+                          y, train)
     y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
-    y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, dtype=self.dtype,
-               name="project")(y, train)
+    y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, folded_bn=self.folded_bn,
+               dtype=self.dtype, name="project")(y, train)
     if self.stride == 1 and self.in_channels == self.out_channels:
       if train and self.drop_connect_rate > 0:
         y = drop_connect(y, self.drop_connect_rate, self.make_rng("dropout"))
@@ -89,22 +92,25 @@ class EfficientNetFeatures(nn.Module):
   """The backbone: stem + MBConv stages. Returns the four taps at strides 4, 8, 16 and 32.
 
   Submodules are named as the reference's `features[i]`: `stem` is 0, `block_i` for i >= 1.
-  `depthwise` picks the depthwise-conv implementation (see `layers.DepthwiseConv`).
+  `depthwise` picks the depthwise-conv implementation (see `layers.Conv`), `folded_bn` as in
+  `layers.ConvBN`.
   """
   spec: ScalingSpec
   depthwise: str = "auto"
+  folded_bn: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
     spec = self.spec
-    self.stem = backbone_conv(spec.stem_channels, 3, 2, name="stem", dtype=self.dtype)
+    self.stem = backbone_conv(spec.stem_channels, 3, 2, name="stem", folded_bn=self.folded_bn,
+                              dtype=self.dtype)
     blocks, in_channels = [], spec.stem_channels
     for stage in spec.backbone_stages:
       for repeat in range(stage.repeats):
         blocks.append(MBConv(
             in_channels, stage.channels, stage.expand_ratio, stage.kernel_size,
             stage.stride if repeat == 0 else 1, spec.drop_connect_rate, self.depthwise,
-            dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
+            self.folded_bn, dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
         in_channels = stage.channels
     self.blocks = blocks
 

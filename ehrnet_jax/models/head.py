@@ -14,13 +14,15 @@ class HigherResolutionHead(nn.Module):
 
   `x` has `in_features` channels, then zero channels (see `layers.Conv`); the blocks at 1/2
   carry `aligned(width, align)` channels. `deconv` is the transposed convolution's form (see
-  `layers.conv_transpose`)."""
+  `layers.conv_transpose`), `folded_bn` as in `layers.ConvBN` (the blocks' BNs; the one after
+  the transposed convolution is kept)."""
   num_joints: int
   in_features: int
   width: int
   num_blocks: int = 2
   align: int = 1
   deconv: str = "auto"
+  folded_bn: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -34,7 +36,8 @@ class HigherResolutionHead(nn.Module):
     y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
     y = pad_channels(y, aligned(self.width, self.align))
     for k in range(self.num_blocks):
-      y = BasicBlock(self.width, self.align, dtype=self.dtype, name=f"deconv_block{k}")(y, train)
+      y = BasicBlock(self.width, self.align, self.folded_bn, dtype=self.dtype,
+                     name=f"deconv_block{k}")(y, train)
     out_2 = Conv(self.num_joints, 1, use_bias=True, in_features=self.width, dtype=self.dtype,
                  name="final_2")(y)                                      # (B, H/2, W/2, J)
     return out_4, out_2

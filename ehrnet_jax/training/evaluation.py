@@ -35,13 +35,12 @@ class CocoEvaluator:
 
   def _estimator_for(self, variables: dict[str, Any], spec: ScalingSpec):
     from ehrnet_jax import decode, inference, keypoints
-    from ehrnet_jax.models import EfficientHRNet
+    from ehrnet_jax.models import fold_batch_norm
     if self._estimator is None:
-      model = EfficientHRNet(spec)
-      decoder = decode.JaxDecoder(lambda v, x: model.apply(v, x, train=False), variables,
-                                  keypoints.COCO.flip_index)
+      decoder = decode.network_decoder(spec, variables, keypoints.COCO.flip_index)
       self._estimator = inference.PoseEstimator(decoder, self._input_size)
-    self._estimator.decoder.variables = variables
+    else:
+      self._estimator.decoder.variables = fold_batch_norm(variables)
     return self._estimator
 
   def __call__(self, variables: dict[str, Any], spec: ScalingSpec) -> dict[str, float]:

@@ -62,7 +62,7 @@ def _initial_variables(task: Task, model: nn.Module, rng: jax.Array) -> dict[str
   if not init.backbone_only:
     return task.load_whole(init.checkpoint)
   backbone = backbones.load_backbone(init.checkpoint, task.spec)
-  return backbones.with_backbone(init_variables(model, task.input_size, rng), backbone)
+  return backbones.with_backbone(init_variables(model, rng), backbone)
 
 
 class _NonFiniteGuard:
@@ -144,7 +144,7 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   task = make_task(config)
-  spec, input_size = task.spec, task.input_size
+  spec = task.spec
   model = model or task.make_model()
   global_batch = config.data.per_device_batch * jax.device_count()
   if data is None:
@@ -160,7 +160,7 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   if checkpointer.latest_step() is None:
     state = _fresh_state(task, model, tx)
   else:  # Resume: the abstract state gives the structure, the checkpoint the values.
-    state, meta = checkpointer.restore(abstract_train_state(model, tx, input_size))
+    state, meta = checkpointer.restore(abstract_train_state(model, tx))
     _check_resumable(meta, task.name, global_batch, checkpointer.directory)
   start = int(state.step)
   if is_main:
@@ -211,6 +211,8 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   batches = data.batches(start)
   for step in range(start, num_steps):
     host_batch = next(batches)
+    if step == start:  # Every batch has the same shapes: compile once, ahead of the first step.
+      p_step = step_lib.compile_step(p_step, rstate, host_batch, step_key(step))
     rstate, metrics = p_step(rstate, host_batch, step_key(step))
     guard.push(step, metrics["loss"], host_batch)
     guard.check(keep=1)
@@ -252,7 +254,7 @@ def _fresh_state(task: Task, model: nn.Module, tx) -> TrainState:
           "init.checkpoint): only the layers after the backbone will learn.")
   # The same init key as create_train_state's, so the non-loaded parts match a random start.
   init_rng = jax.random.split(rng)[0]
-  return create_train_state(model, tx, task.input_size, rng,
+  return create_train_state(model, tx, rng,
                             _initial_variables(task, model, init_rng))
 
 
