@@ -22,7 +22,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax import decode
@@ -32,15 +31,14 @@ from ehrnet_jax import inference
 from ehrnet_jax import keypoints
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.training.state import init_variables
 
 
 def random_estimator(variant: str, scales, flip: bool) -> inference.PoseEstimator:
   spec = ScalingSpec.from_name(variant)
-  size = spec.input_size
-  variables = EfficientHRNet(spec).init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                        train=False)
+  variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
   decoder = decode.network_decoder(spec, variables, keypoints.COCO.flip_index if flip else None)
-  return inference.PoseEstimator(decoder, size, scales)
+  return inference.PoseEstimator(decoder, spec.input_size, scales)
 
 
 def fixture_grouping_ms(reference: pathlib.Path) -> float:

@@ -17,6 +17,6 @@ import jax
 _CPU_INFERENCE = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_prefer_vector_width": 512}
 
 
-def inference_compiler_options(backend: str | None = None) -> dict[str, str] | None:
+def inference_compiler_options(backend: str | None = None) -> dict[str, str | int] | None:
   """Options for jitting the network in eval mode on `backend` (default: JAX's default)."""
   return dict(_CPU_INFERENCE) if (backend or jax.default_backend()) == "cpu" else None

@@ -160,7 +160,7 @@ def test_inference_compiler_options_reach_xla(h4_variables):
   images = jax.random.normal(jax.random.key(3), (1, 64, 64, 3))
   forward = lambda v, x: model.apply(v, x, train=False)
   options = inference_compiler_options("cpu")
-  assert options["xla_cpu_experimental_ynn_fusion_type"] == ""
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_prefer_vector_width": 512}
   assert inference_compiler_options("gpu") is None
   compiled = jax.jit(forward, compiler_options=options).lower(h4_variables, images).compile()
   assert "__ynn_fusion" not in compiled.as_text()

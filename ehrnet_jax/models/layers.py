@@ -145,14 +145,20 @@ def _windows(x: jax.Array, kernel_size: int, stride: int, out_h: int, out_w: int
           (1, stride, stride, 1))
 
 
+def _conv_windows(x: jax.Array, kernel_size: int, stride: int, padding: Padding):
+  """The k*k windows a k x k convolution of this stride and padding reads from `x`, each
+  (B, H', W', C), taps in raster order."""
+  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  out_h = (x.shape[1] - kernel_size) // stride + 1
+  out_w = (x.shape[2] - kernel_size) // stride + 1
+  return _windows(x, kernel_size, stride, out_h, out_w)
+
+
 def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int,
                        padding: Padding) -> jax.Array:
   k = kernel.shape[0]
-  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  out_h = (x.shape[1] - k) // stride + 1
-  out_w = (x.shape[2] - k) // stride + 1
   out = None
-  for tap, window in enumerate(_windows(x, k, stride, out_h, out_w)):
+  for tap, window in enumerate(_conv_windows(x, k, stride, padding)):
     term = window * kernel[tap // k, tap % k, 0]
     out = term if out is None else out + term
   return out
@@ -197,8 +203,7 @@ def _depthwise_shifted_bwd(stride, padding, residuals, g):
   dx = _depthwise_shifted(g_dilated, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
   # Kernel gradient: per tap, the sum over (B, H', W') of window * g, all k*k taps in one pass
   # over x and g (`channel_sums`).
-  x_padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  windows = _windows(x_padded, k, stride, g.shape[1], g.shape[2])
+  windows = _conv_windows(x, k, stride, padding)                     # each shaped like g
   dk = jnp.stack(channel_sums(*((w * g).astype(jnp.float32) for w in windows)))  # (k*k, C)
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
@@ -222,11 +227,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) 
   Same numbers as `_plain_conv` up to float rounding; autodiff makes the kernel gradient the
   transposed product.
   """
-  k = kernel.shape[0]
-  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  out_h = (x.shape[1] - k) // stride + 1
-  out_w = (x.shape[2] - k) // stride + 1
-  windows = jnp.concatenate(list(_windows(x, k, stride, out_h, out_w)), axis=-1)
+  windows = jnp.concatenate(list(_conv_windows(x, kernel.shape[0], stride, padding)), axis=-1)
   return jnp.dot(windows, kernel.reshape(-1, kernel.shape[-1]),
                  preferred_element_type=jnp.float32).astype(x.dtype)
 
