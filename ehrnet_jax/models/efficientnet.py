@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out
+from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out, stored_once
 from ehrnet_jax.scaling import ScalingSpec
 
 # The name of the `EfficientNetFeatures` module in the pose model and in the classifier: the
@@ -84,7 +84,7 @@ class MBConv(nn.Module):
     if self.stride == 1 and self.in_channels == self.out_channels:
       if train and self.drop_connect_rate > 0:
         y = drop_connect(y, self.drop_connect_rate, self.make_rng("dropout"))
-      y = x + y
+      y = stored_once(x + y, train)
     return y
 
 

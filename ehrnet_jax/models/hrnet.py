@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import BasicBlock, ConvBN, Dtype, upsample_nearest
+from ehrnet_jax.models.layers import BasicBlock, ConvBN, Dtype, stored_once, upsample_nearest
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -57,7 +57,7 @@ class HighResolutionModule(nn.Module):
                        align=self.align, folded_bn=self.folded_bn, dtype=self.dtype,
                        name=f"fuse{i}_{j}_step{step}")(x, train)
           fused = fused + x
-      outputs.append(nn.relu(fused))
+      outputs.append(stored_once(nn.relu(fused), train))
     return outputs
 
 

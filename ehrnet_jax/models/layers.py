@@ -501,6 +501,34 @@ class ConvBN(nn.Module):
     return self.activation(y) if self.activation is not None else y
 
 
+def stored_once(x: jax.Array, train: bool) -> jax.Array:
+  """`x` itself; in training on CPU, XLA computes it (and its gradient) once and stores it.
+
+  For the ends of residual blocks. XLA:CPU's fusion copies cheap elementwise producers into
+  every consumer, so a residual stream `x_n = relu(bn(conv) + x_{n-1})` that feeds a convolution,
+  the next sum and the backward pass is recomputed inside each consumer from all earlier blocks'
+  convolution outputs and statistics, and its gradient likewise: H0's kernel-gradient transposes
+  read up to 17 convolution outputs each (a fifth of the frozen-backbone training step), its
+  inference fusions up to 17 (there without a measurable cost, so evaluation and exported graphs
+  are left as they are). A float division is one of the operations that XLA's fusion never
+  duplicates, so `x` is divided by a one that XLA cannot take for a constant (the sign of
+  1 + |x[0]|; x / 1 == x exactly, NaN stays NaN), and the gradient on the way back too.
+  """
+  if not train or jax.default_backend() != "cpu":
+    return x
+  one = jnp.sign(jnp.abs(lax.stop_gradient(x.reshape(-1)[0])) + 1)
+  return _divide_by_one(x, one)
+
+
+@jax.custom_vjp
+def _divide_by_one(x: jax.Array, one: jax.Array) -> jax.Array:
+  return x / one
+
+
+_divide_by_one.defvjp(lambda x, one: (x / one, one),
+                      lambda one, g: (g / one, jnp.zeros_like(one)))
+
+
 class BasicBlock(nn.Module):
   """ResNet basic block: 3x3 conv-BN-ReLU, 3x3 conv-BN, identity shortcut, ReLU.
 
@@ -517,7 +545,7 @@ class BasicBlock(nn.Module):
         folded_bn=self.folded_bn, dtype=self.dtype, name=name)
     y = conv("conv1", nn.relu)(x, train)
     y = conv("conv2")(y, train)
-    return nn.relu(y + x)
+    return stored_once(nn.relu(y + x), train)
 
 
 def fold_batch_norm(variables: dict[str, Any]) -> dict[str, Any]:
