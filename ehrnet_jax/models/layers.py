@@ -508,9 +508,9 @@ def stored_once(x: jax.Array, train: bool) -> jax.Array:
   every consumer, so a residual stream `x_n = relu(bn(conv) + x_{n-1})` that feeds a convolution,
   the next sum and the backward pass is recomputed inside each consumer from all earlier blocks'
   convolution outputs and statistics, and its gradient likewise: H0's kernel-gradient transposes
-  read up to 17 convolution outputs each (a fifth of the frozen-backbone training step), its
-  inference fusions up to 17 (there without a measurable cost, so evaluation and exported graphs
-  are left as they are). A float division is one of the operations that XLA's fusion never
+  read up to 17 convolution outputs with their statistics each (a fifth of the frozen-backbone
+  training step). Its inference fusions read up to 17 levels too (34 inputs), without a
+  measurable cost, so evaluation and exported graphs are left as they are. A float division is one of the operations that XLA's fusion never
   duplicates, so `x` is divided by a one that XLA cannot take for a constant (the sign of
   1 + |x[0]|; x / 1 == x exactly, NaN stays NaN), and the gradient on the way back too.
   """
