@@ -60,11 +60,12 @@ def synthetic_batch(rng: np.random.Generator, devices: int, batch: int, size: in
 
 def use_plain_gradients() -> None:
   """Swaps the layers' custom-VJP functions for their plain versions (the code before issue 4)."""
-  def plain_batch_norm(x, scale, bias, epsilon):
+  def plain_batch_norm(x, scale, bias, epsilon, activation):
     axes = tuple(range(x.ndim - 1))
     mean = x.mean(axes)
     var = jnp.square(x - mean).mean(axes)
-    return (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias, mean, var
+    y = (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+    return (activation(y) if activation else y), mean, var
 
   layers.depthwise_conv_shifted = layers._depthwise_shifted
   layers.conv_transpose = lambda x, kernel, stride, padding, form: layers._conv_transpose(

@@ -33,7 +33,7 @@ class HigherResolutionHead(nn.Module):
     # Equals PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): output exactly 2x the input.
     y = ConvTranspose(self.width, 4, 2, ((2, 2), (2, 2)), form=self.deconv, dtype=self.dtype,
                       name="deconv")(y)
-    y = nn.relu(BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train))
+    y = BatchNorm(self.width, dtype=self.dtype, name="deconv_bn")(y, train, nn.relu)
     y = pad_channels(y, aligned(self.width, self.align))
     for k in range(self.num_blocks):
       y = BasicBlock(self.width, self.align, self.folded_bn, dtype=self.dtype,

@@ -1,7 +1,7 @@
 """Building blocks shared by the backbone, the high-resolution network and the head."""
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from flax import traverse_util
 import flax.linen as nn
@@ -10,6 +10,7 @@ from jax import lax
 import jax.numpy as jnp
 
 Dtype = Any
+Activation = Callable[[jax.Array], jax.Array] | None
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 # Dense convolutions with at most this many input channels train as `conv_im2col` on CPU.
@@ -28,6 +29,8 @@ class BatchNorm(nn.Module):
   weight `momentum` (PyTorch's convention: 0.1) using the unbiased variance; evaluation uses the
   running statistics. Statistics are kept and computed in float32 whatever the compute dtype.
   Inputs may carry zero channels beyond `features` (see `Conv.align`); they stay zero.
+  `activation` (optional) is applied to the normalised values (in float32 in training, see
+  `batch_norm_train`).
   """
   features: int
   momentum: float = 0.1
@@ -40,14 +43,15 @@ class BatchNorm(nn.Module):
     self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
     self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, activation: Activation = None) -> jax.Array:
     width = x.shape[-1]
     if not train:
       multiplier, offset = self.affine()
-      return (x * pad_channels(multiplier, width).astype(self.dtype)
-              + pad_channels(offset, width).astype(self.dtype))
+      y = (x * pad_channels(multiplier, width).astype(self.dtype)
+           + pad_channels(offset, width).astype(self.dtype))
+      return activation(y) if activation is not None else y
     y, mean, var = batch_norm_train(x.astype(jnp.float32), pad_channels(self.scale, width),
-                                    pad_channels(self.bias, width), self.epsilon)
+                                    pad_channels(self.bias, width), self.epsilon, activation)
     if not self.is_initializing():
       count = x.size // width
       unbiased = var[:self.features] * count / max(count - 1, 1)
@@ -81,33 +85,58 @@ def channel_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
   return tuple(r.reshape(-1, r.shape[-1]).sum(0) for r in rows)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Training-mode batch norm over the last axis: `(y, mean, biased variance)`, all float32.
+def _opaque_one(x: jax.Array) -> jax.Array:
+  """A scalar 1 that XLA cannot take for a constant: the sign of 1 + |x[0]| (NaN if x[0] is).
+
+  Dividing by it changes no number but makes a new value, which XLA neither folds away nor
+  merges (CSE) with the same expression of `x` elsewhere, and which exists only once `x` does.
+  """
+  return jnp.sign(jnp.abs(x.reshape(-1)[0]) + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     activation: Activation) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode batch norm over the last axis, then `activation` (None: the identity):
+  `(activation(y), mean, biased variance)`, all float32.
 
   The gradient is written out (`dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))` plus the
   terms of the mean and variance outputs) with one-pass channel sums; autodiff's version runs
   more passes and XLA:CPU's slow column reductions (1.5x slower for a BN's forward + backward).
+  Only `x` and the per-channel statistics are kept for it: the backward pass recomputes the
+  normalised values and takes the activation's derivative there, where autodiff of the
+  composition would store the activation's own residuals (for swish its sigmoid and its output,
+  two more arrays of the layer's size each).
   """
-  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+  return _batch_norm_train_fwd(x, scale, bias, epsilon, activation)[0]
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
+def _normalise(x, scale, bias, mean, inv_std):
+  return (x - mean) * (scale * inv_std) + bias
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, activation):
   count = x.size // x.shape[-1]
   total, = channel_sums(x)
   mean = total / count
   squares, = channel_sums(jnp.square(x - mean))           # Two passes, as before: no cancellation.
   var = squares / count
   inv_std = lax.rsqrt(var + epsilon)
-  y = (x - mean) * (scale * inv_std) + bias
-  return (y, mean, var), (x, scale, mean, inv_std)
+  y = _normalise(x, scale, bias, mean, inv_std)
+  y = activation(y) if activation is not None else y
+  return (y, mean, var), (x, scale, bias, mean, inv_std)
 
 
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+def _batch_norm_train_bwd(epsilon, activation, residuals, cotangents):
   del epsilon
-  x, scale, mean, inv_std = residuals
+  x, scale, bias, mean, inv_std = residuals
   g, g_mean, g_var = cotangents
+  if activation is not None:
+    # Recomputed from `x / 1` so that XLA's CSE cannot merge it with the forward's values and
+    # keep those (the activation's residuals) alive instead.
+    y = _normalise(x / _opaque_one(x), scale, bias, mean, inv_std)
+    _, activation_vjp = jax.vjp(activation, y)
+    g, = activation_vjp(g)
   count = x.size // x.shape[-1]
   centred = x - mean
   x_hat = centred * inv_std
@@ -217,6 +246,38 @@ def _plain_conv(x, kernel, stride, padding, groups=1):
                                   feature_group_count=groups)
 
 
+def _dense_conv(x, kernel, stride, padding):
+  # `_plain_conv` without its `groups` default, which custom_vjp would pass on as an argument.
+  return _plain_conv(x, kernel, stride, padding)
+
+
+def conv_late_kernel_gradient(x: jax.Array, kernel: jax.Array, stride: int,
+                              padding: Padding) -> jax.Array:
+  """`_plain_conv` (dense) whose kernel gradient reads its input only once the output gradient
+  exists.
+
+  For training on CPU. XLA:CPU computes a convolution's kernel gradient from copies of its input
+  and output gradient transposed to (C, H, W, B), and its scheduler makes the input's copy as soon
+  as the input exists, in the forward pass, so every layer's copy is kept alive next to its input
+  until the backward pass reaches it (H0 trained: ~300 such copies, 0.44 GB of the step's peak).
+  Here the kernel gradient reads `x / 1` with a one computed from the output gradient (see
+  `_opaque_one`): the same numbers, but the copy can only be made in the backward pass, just
+  before it is used. The input gradient is autodiff's.
+  """
+  return _late_kernel_gradient_vjp(x, kernel, stride, padding)
+
+
+def _late_kernel_gradient_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  dx, = jax.vjp(lambda x: _dense_conv(x, kernel, stride, padding), x)[1](g)
+  x_late = x / _opaque_one(g)
+  dk, = jax.vjp(lambda k: _dense_conv(x_late, k, stride, padding), kernel)[1](g)
+  return dx, dk
+
+
+_late_kernel_gradient_vjp = _with_written_gradient(_dense_conv, _late_kernel_gradient_bwd)
+
+
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """Dense convolution as one matrix product of the k*k strided windows of `x`, concatenated
   (B, H', W', k*k*C_in), with the kernel reshaped to (k*k*C_in, C_out).
@@ -275,8 +336,9 @@ class Conv(nn.Module):
   Depthwise convs (groups == C_in == C_out) have two implementations, `depthwise`: "conv"
   (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
   (`depthwise_conv_shifted`: best on CPU) or "auto" (shifted on CPU, conv elsewhere).
-  Dense convs of at most `IM2COL_MAX_INPUTS` input channels run as `conv_im2col` when called with
-  `train=True` on CPU (evaluation and exports keep the convolution, faster there).
+  Called with `train=True` on CPU, dense convs of at most `IM2COL_MAX_INPUTS` input channels run
+  as `conv_im2col`, the others as `conv_late_kernel_gradient` (evaluation and exports keep the
+  plain convolution).
   """
   features: int
   kernel_size: int
@@ -314,9 +376,9 @@ class Conv(nn.Module):
     elif (self.kernel_size == 1 and self.stride == 1 and self.groups == 1
           and all(p == 0 for pair in padding for p in pair)):
       y = conv_1x1(x, kernel)
-    elif (train and self.groups == 1 and x.shape[-1] <= IM2COL_MAX_INPUTS
-          and jax.default_backend() == "cpu"):
-      y = conv_im2col(x, kernel, self.stride, padding)
+    elif train and self.groups == 1 and jax.default_backend() == "cpu":
+      y = (conv_im2col if x.shape[-1] <= IM2COL_MAX_INPUTS else conv_late_kernel_gradient)(
+          x, kernel, self.stride, padding)
     else:
       y = _plain_conv(x, kernel, self.stride, padding, self.groups)
     return y + bias.astype(self.dtype) if bias is not None else y
@@ -493,7 +555,7 @@ class ConvBN(nn.Module):
         raise ValueError("folded batch norm (folded_bn=True) is for evaluation only")
       y = conv(x)
     elif train:
-      y = bn(conv(x, train=True), train=True)
+      return bn(conv(x, train=True), train=True, activation=self.activation)
     else:
       multiplier, offset = bn.affine()
       y = conv(x, output_scale=multiplier)
@@ -510,14 +572,13 @@ def stored_once(x: jax.Array, train: bool) -> jax.Array:
   convolution outputs and statistics, and its gradient likewise: H0's kernel-gradient transposes
   read up to 17 convolution outputs with their statistics each (a fifth of the frozen-backbone
   training step). Its inference fusions read up to 17 levels too (34 inputs), without a
-  measurable cost, so evaluation and exported graphs are left as they are. A float division is one of the operations that XLA's fusion never
-  duplicates, so `x` is divided by a one that XLA cannot take for a constant (the sign of
-  1 + |x[0]|; x / 1 == x exactly, NaN stays NaN), and the gradient on the way back too.
+  measurable cost, so evaluation and exported graphs are left as they are. A float division is
+  one of the operations that XLA's fusion never duplicates, so `x` is divided by
+  `_opaque_one(x)` (x / 1 == x exactly, NaN stays NaN), and the gradient on the way back too.
   """
   if not train or jax.default_backend() != "cpu":
     return x
-  one = jnp.sign(jnp.abs(lax.stop_gradient(x.reshape(-1)[0])) + 1)
-  return _divide_by_one(x, one)
+  return _divide_by_one(x, _opaque_one(lax.stop_gradient(x)))
 
 
 @jax.custom_vjp
