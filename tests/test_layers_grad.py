@@ -14,10 +14,28 @@ from ehrnet_jax.models.layers import (_subpixel_conv_transpose, batch_norm_train
 from ehrnet_jax.models.efficientnet import reference_padding
 
 
-def _grouped_conv(x, kernel, stride, padding):
+def _xla_conv(x, kernel, stride, padding, groups=1):
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                  feature_group_count=x.shape[-1])
+                                  feature_group_count=groups)
+
+
+def _grouped_conv(x, kernel, stride, padding):
+  return _xla_conv(x, kernel, stride, padding, groups=x.shape[-1])
+
+
+def _compiled_for_both(differentiate, chain, kernels, x):
+  """{flag: `differentiate(chain)` w.r.t. (kernels, x), compiled with `chain`'s last argument
+  (a switch) static}, for both values of the switch."""
+  return {flag: jax.jit(differentiate(chain, argnums=(0, 1)),
+                        static_argnums=2).lower(kernels, x, flag).compile()
+          for flag in (False, True)}
+
+
+def _temporaries(compiled) -> dict:
+  """{flag: bytes of temporaries XLA assigned to that program}."""
+  return {flag: program.memory_analysis().temp_size_in_bytes
+          for flag, program in compiled.items()}
 
 
 def _assert_vjp_equal(custom, plain, args, cotangent_seed=3):
@@ -114,8 +132,7 @@ def test_conv_1x1_vjp_matches_autodiff(shape, features):
   rng = np.random.default_rng(shape[-1])
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((1, 1, shape[-1], features)), jnp.float32)
-  plain = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((0, 0), (0, 0)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  plain = lambda x, k: _xla_conv(x, k, 1, ((0, 0), (0, 0)))
   _assert_vjp_equal(conv_1x1, plain, (x, kernel))
 
 
@@ -129,8 +146,7 @@ def test_conv_im2col_equals_the_convolution_with_its_gradients(kernel_size, stri
   rng = np.random.default_rng(kernel_size * stride)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, shape[-1], 5)), jnp.float32)
-  plain = lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), padding,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  plain = lambda x, k: _xla_conv(x, k, stride, padding)
   _assert_vjp_equal(lambda x, k: conv_im2col(x, k, stride, padding), plain, (x, kernel))
 
 
@@ -140,8 +156,7 @@ def test_conv_late_kernel_gradient_is_the_convolution_and_its_gradients(stride, 
   rng = np.random.default_rng(stride)
   x = jnp.asarray(rng.standard_normal((2, 9, 8, 6)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 6, 5)), jnp.float32)
-  plain = lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), padding,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  plain = lambda x, k: _xla_conv(x, k, stride, padding)
   late = lambda x, k: conv_late_kernel_gradient(x, k, stride, padding)
   (y, grads), (y_late, grads_late) = (
       jax.jit(jax.value_and_grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1)))(
@@ -153,9 +168,7 @@ def test_conv_late_kernel_gradient_is_the_convolution_and_its_gradients(stride, 
 
 def _conv_chain(kernels, x, late):
   """3x3 conv-ReLU layers, their kernel gradients from `conv_late_kernel_gradient` if `late`."""
-  conv = conv_late_kernel_gradient if late else (
-      lambda x, k, stride, padding: lax.conv_general_dilated(
-          x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  conv = conv_late_kernel_gradient if late else _xla_conv
   for kernel in kernels:
     x = jax.nn.relu(conv(x, kernel, 1, ((1, 1), (1, 1))))
   return jnp.sum(jnp.sin(x))
@@ -167,12 +180,9 @@ def test_late_kernel_gradients_keep_no_transposed_copies_through_the_forward_pas
   kernels = [jnp.asarray(0.2 * rng.standard_normal((3, 3, 32, 32)), jnp.float32)
              for _ in range(6)]
   x = jnp.asarray(rng.standard_normal((2, 32, 32, 32)), jnp.float32)
-  grad = {late: jax.jit(jax.grad(_conv_chain, argnums=(0, 1)),
-                        static_argnums=2).lower(kernels, x, late).compile()
-          for late in (False, True)}
   # Autodiff's kernel gradients have XLA:CPU copy each layer's input to (C, H, W, B) as soon as it
   # exists and keep the copies through the forward pass (JAX 0.10.2: 3.4 vs 2.1 MiB).
-  temps = {late: grad[late].memory_analysis().temp_size_in_bytes for late in grad}
+  temps = _temporaries(_compiled_for_both(jax.grad, _conv_chain, kernels, x))
   assert temps[True] < 0.8 * temps[False], temps
 
 
@@ -223,24 +233,21 @@ def test_activation_inside_batch_norm_keeps_fewer_arrays_for_the_backward_pass()
   kernels = [jnp.asarray(0.3 * rng.standard_normal((1, 1, 32, 32)), jnp.float32)
              for _ in range(6)]
   x = jnp.asarray(rng.standard_normal((2, 32, 32, 32)), jnp.float32)
-  grad = {inside: jax.jit(jax.grad(_swish_chain, argnums=(0, 1)),
-                          static_argnums=2).lower(kernels, x, inside).compile()
-          for inside in (False, True)}
+  grad = _compiled_for_both(jax.grad, _swish_chain, kernels, x)
   for got, want in zip(jax.tree.leaves(grad[True](kernels, x)),
                        jax.tree.leaves(grad[False](kernels, x))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Per layer, autodiff of the composition keeps the swish's sigmoid and output next to the BN
   # input; inside, the sigmoid is recomputed (XLA:CPU, JAX 0.10.2: 6 layers of 256 KiB arrays,
   # 4.3 vs 3.0 MiB of temporaries).
-  temps = {inside: grad[inside].memory_analysis().temp_size_in_bytes for inside in grad}
+  temps = _temporaries(grad)
   assert temps[True] < 0.8 * temps[False], temps
 
 
 def _residual_chain(kernels, x, store):
   """A residual stream of conv-BN-ReLU blocks, `stored_once` at each block's end if `store`."""
   for kernel in kernels:
-    y = lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = _xla_conv(x, kernel, 1, ((1, 1), (1, 1)))
     y, _, _ = batch_norm_train(y, jnp.ones(y.shape[-1]), jnp.zeros(y.shape[-1]), 1e-5, None)
     x = jax.nn.relu(y + x)
     x = stored_once(x, train=store)
@@ -256,9 +263,7 @@ def test_stored_once_keeps_values_and_gradients_and_stops_the_recomputed_chain()
   rng = np.random.default_rng(0)
   kernels = [jnp.asarray(0.2 * rng.standard_normal((3, 3, 4, 4)), jnp.float32) for _ in range(6)]
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 4)), jnp.float32)
-  grad = {store: jax.jit(jax.value_and_grad(_residual_chain, argnums=(0, 1)),
-                         static_argnums=2).lower(kernels, x, store).compile()
-          for store in (False, True)}
+  grad = _compiled_for_both(jax.value_and_grad, _residual_chain, kernels, x)
   (value, grads), (value_stored, grads_stored) = (grad[s](kernels, x) for s in (False, True))
   assert float(value_stored) == float(value)                    # x / 1 is x: bit for bit
   for got, want in zip(jax.tree.leaves(grads_stored), jax.tree.leaves(grads)):

@@ -210,9 +210,13 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
 
 def _with_written_gradient(primal, backward):
   """`primal(x, kernel, stride, padding)` whose VJP is `backward(stride, padding, (x, kernel), g)`
-  (stride and padding static: made plain ints and tuples here, so that they hash)."""
-  fn = jax.custom_vjp(primal, nondiff_argnums=(2, 3))
-  fn.defvjp(lambda x, kernel, stride, padding: (primal(x, kernel, stride, padding), (x, kernel)),
+  (stride and padding static: made plain ints and tuples here, so that they hash). `primal` may
+  have further parameters with defaults (`_plain_conv`'s `groups`): they keep them."""
+  def call(x, kernel, stride, padding):
+    return primal(x, kernel, stride, padding)
+
+  fn = jax.custom_vjp(call, nondiff_argnums=(2, 3))
+  fn.defvjp(lambda x, kernel, stride, padding: (call(x, kernel, stride, padding), (x, kernel)),
             backward)
   return lambda x, kernel, stride, padding: fn(
       x, kernel, int(stride), tuple(tuple(int(p) for p in pair) for pair in padding))
@@ -246,11 +250,6 @@ def _plain_conv(x, kernel, stride, padding, groups=1):
                                   feature_group_count=groups)
 
 
-def _dense_conv(x, kernel, stride, padding):
-  # `_plain_conv` without its `groups` default, which custom_vjp would pass on as an argument.
-  return _plain_conv(x, kernel, stride, padding)
-
-
 def conv_late_kernel_gradient(x: jax.Array, kernel: jax.Array, stride: int,
                               padding: Padding) -> jax.Array:
   """`_plain_conv` (dense) whose kernel gradient reads its input only once the output gradient
@@ -269,13 +268,13 @@ def conv_late_kernel_gradient(x: jax.Array, kernel: jax.Array, stride: int,
 
 def _late_kernel_gradient_bwd(stride, padding, residuals, g):
   x, kernel = residuals
-  dx, = jax.vjp(lambda x: _dense_conv(x, kernel, stride, padding), x)[1](g)
+  dx, = jax.vjp(lambda x: _plain_conv(x, kernel, stride, padding), x)[1](g)
   x_late = x / _opaque_one(g)
-  dk, = jax.vjp(lambda k: _dense_conv(x_late, k, stride, padding), kernel)[1](g)
+  dk, = jax.vjp(lambda k: _plain_conv(x_late, k, stride, padding), kernel)[1](g)
   return dx, dk
 
 
-_late_kernel_gradient_vjp = _with_written_gradient(_dense_conv, _late_kernel_gradient_bwd)
+_late_kernel_gradient_vjp = _with_written_gradient(_plain_conv, _late_kernel_gradient_bwd)
 
 
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
