@@ -70,7 +70,7 @@ def use_plain_gradients() -> None:
   layers.depthwise_conv_shifted = layers._depthwise_shifted
   layers.conv_transpose = lambda x, kernel, stride, padding, form: layers._conv_transpose(
       x, kernel, stride, padding)
-  layers.conv_1x1 = lambda x, kernel: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
+  layers.conv_1x1 = lambda x, kernel, form: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
   layers.batch_norm_train = plain_batch_norm
 
 

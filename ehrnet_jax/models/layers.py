@@ -292,27 +292,39 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) 
                  preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-@jax.custom_vjp
-def conv_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_1x1(x: jax.Array, kernel: jax.Array, form: str = "conv") -> jax.Array:
   """1x1 convolution (stride 1, no padding; kernel (1, 1, C_in, C_out)) that trains as matrix
   products.
 
-  The primal is XLA's convolution (what inference and exporters see). Under differentiation the
-  forward and both gradients are matrix products of the (B*H*W, C) activations: XLA:CPU runs the
-  1x1 convolution up to 6x slower than the same product when C_in > C_out, autodiff's kernel
-  gradient (a convolution with an input-sized window, plus transposes) up to 18x slower than
-  `x^T g`, and its input gradient up to 6x slower than `g W^T` (BENCHMARKS.md, "Training").
+  Under differentiation the forward and both gradients are matrix products of the (B*H*W, C)
+  activations: XLA:CPU runs the 1x1 convolution up to 6x slower than the same product when
+  C_in > C_out, autodiff's kernel gradient (a convolution with an input-sized window, plus
+  transposes) up to 18x slower than `x^T g`, and its input gradient up to 6x slower than `g W^T`
+  (BENCHMARKS.md, "Training"). Undifferentiated, `form` says what runs: "conv" (XLA's
+  convolution: what inference and exporters see) or "product" (the frozen backbone's forward in
+  training on CPU, where the product is what the backward-free layers gain from).
   """
+  if form == "product":
+    return _product_1x1(x, kernel)
+  if form != "conv":
+    raise ValueError(f"unknown 1x1 convolution form {form!r}")
   return _plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
 
 
-def _conv_1x1_fwd(x, kernel):
+def _product_1x1(x, kernel):
   rows = x.reshape(-1, x.shape[-1])
   y = jnp.dot(rows, kernel[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
-  return y.reshape(x.shape[:-1] + kernel.shape[-1:]), (x, kernel)
+  return y.reshape(x.shape[:-1] + kernel.shape[-1:])
 
 
-def _conv_1x1_bwd(residuals, g):
+def _conv_1x1_fwd(x, kernel, form):
+  del form  # differentiated: always the product
+  return _product_1x1(x, kernel), (x, kernel)
+
+
+def _conv_1x1_bwd(form, residuals, g):
+  del form
   x, kernel = residuals
   rows, g_rows = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   dx = jnp.dot(g_rows, kernel[0, 0].T, preferred_element_type=jnp.float32).astype(x.dtype)
@@ -335,9 +347,10 @@ class Conv(nn.Module):
   Depthwise convs (groups == C_in == C_out) have two implementations, `depthwise`: "conv"
   (XLA's grouped convolution: best on GPU/TPU and for export), "shifted"
   (`depthwise_conv_shifted`: best on CPU) or "auto" (shifted on CPU, conv elsewhere).
-  Called with `train=True` on CPU, dense convs of at most `IM2COL_MAX_INPUTS` input channels run
-  as `conv_im2col`, the others as `conv_late_kernel_gradient` (evaluation and exports keep the
-  plain convolution).
+  Called with `train=True` on CPU, 1x1 convs run as matrix products (`conv_1x1`, also where
+  they are not differentiated: a frozen backbone), other dense convs of at most
+  `IM2COL_MAX_INPUTS` input channels as `conv_im2col`, the rest as `conv_late_kernel_gradient`
+  (evaluation and exports keep the plain convolution).
   """
   features: int
   kernel_size: int
@@ -370,12 +383,13 @@ class Conv(nn.Module):
       bias = pad_channels(bias, out_width) if bias is not None else None
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     padding = self.padding if self.padding is not None else symmetric_padding(self.kernel_size)
+    train_on_cpu = train and jax.default_backend() == "cpu"
     if self._implementation(in_features) == "shifted":
       y = depthwise_conv_shifted(x, kernel, self.stride, padding)
     elif (self.kernel_size == 1 and self.stride == 1 and self.groups == 1
           and all(p == 0 for pair in padding for p in pair)):
-      y = conv_1x1(x, kernel)
-    elif train and self.groups == 1 and jax.default_backend() == "cpu":
+      y = conv_1x1(x, kernel, "product" if train_on_cpu else "conv")
+    elif train_on_cpu and self.groups == 1:
       y = (conv_im2col if x.shape[-1] <= IM2COL_MAX_INPUTS else conv_late_kernel_gradient)(
           x, kernel, self.stride, padding)
     else:
