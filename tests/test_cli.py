@@ -27,10 +27,12 @@ def test_help_does_not_import_jax():
 
 
 def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch):
-  """README command 1, shortened to one training step."""
+  """README command 1, shortened to one training step, without the training's own final
+  evaluation (stage 3 evaluates the trained model; test_train_loop covers the trainer's)."""
   monkeypatch.chdir(REPO)
   workdir = tmp_path / "demo"
-  assert main(["demo", "--workdir", str(workdir), "--set", "train.steps=1"]) == 0
+  assert main(["demo", "--workdir", str(workdir), "--set", "train.steps=1",
+               "--set", "run.eval_every_steps=-1"]) == 0
   assert (workdir / "H-4_reference" / "ehrnet.json").is_file()
   metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
   assert {"AP", "AP50", "AR"} <= set(metrics) and metrics["num_images"] == 7

@@ -56,8 +56,11 @@ def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
 
 def _state(variables: dict[str, Any], tx: optax.GradientTransformation,
            rng: jax.Array) -> TrainState:
+  # The optimiser state is built by one program, not one small program per parameter shape
+  # (H-4 on 2 CPU cores: 2.9 -> 1.0 s).
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+                    batch_stats=variables["batch_stats"],
+                    opt_state=jax.jit(tx.init)(variables["params"]),
                     rng=jax.random.key_data(rng))
 
 
