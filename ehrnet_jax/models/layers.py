@@ -302,8 +302,8 @@ def conv_1x1(x: jax.Array, kernel: jax.Array, form: str = "conv") -> jax.Array:
   C_in > C_out, autodiff's kernel gradient (a convolution with an input-sized window, plus
   transposes) up to 18x slower than `x^T g`, and its input gradient up to 6x slower than `g W^T`
   (BENCHMARKS.md, "Training"). Undifferentiated, `form` says what runs: "conv" (XLA's
-  convolution: what inference and exporters see) or "product" (the frozen backbone's forward in
-  training on CPU, where the product is what the backward-free layers gain from).
+  convolution: what inference and exporters see) or "product" (the matrix product, also faster
+  undifferentiated: the frozen backbone's forward in training on CPU).
   """
   if form == "product":
     return _product_1x1(x, kernel)
