@@ -1,11 +1,15 @@
-"""Returning freed heap memory to the OS between compiling and running a step."""
+"""Returning freed heap memory to the OS around compiling a step."""
 
 import ctypes
 import ctypes.util
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ehrnet_jax.host_memory import release_freed_memory
+from ehrnet_jax.training import step as step_lib
 
 
 def _resident_mb() -> float:
@@ -32,3 +36,24 @@ def test_freed_small_blocks_leave_the_process():
   after = _resident_mb()
   libc.free(blocks[-1])
   assert before - after > 200, (before, after)
+
+
+def test_compile_step_drops_earlier_programs_before_compiling():
+  """compile_step frees what earlier programs (the state's initialisation) left in JAX's caches
+  before the step is lowered and compiled, and again after; the compiled step still runs."""
+  earlier = jax.jit(lambda x: x * 2)
+  earlier(jnp.ones(3))
+  step = jax.jit(lambda state, batch, rng: (state + batch, jnp.sum(batch)))
+  cached_at_lowering = []
+
+  class RecordingStep:
+    def lower(self, *args):
+      cached_at_lowering.append(earlier._cache_size())
+      return step.lower(*args)
+
+  assert earlier._cache_size() == 1
+  compiled = step_lib.compile_step(RecordingStep(), jnp.ones(3), jnp.arange(3.0), jnp.zeros(()))
+  assert cached_at_lowering == [0]
+  state, total = compiled(jnp.ones(3), jnp.arange(3.0), jnp.zeros(()))
+  np.testing.assert_array_equal(state, [1.0, 2.0, 3.0])
+  assert float(total) == 3.0
