@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                            "hand-written gradients (depthwise, 1x1, transposed conv, batch norm)")
   parser.add_argument("--profile", metavar="DIR",
                       help="after timing, trace 2 more steps with jax.profiler into DIR and "
-                           "print the ops that took longest (summed over both steps)")
+                           "print the ops that took longest (summed over both steps) and how many "
+                           "ran at once")
   args = parser.parse_args(argv)
   if args.plain_gradients:
     use_plain_gradients()
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
 
 def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
   """Traces 2 steps and prints the top ops (time per step, share of all op time) with their
-  shapes and source (`op_name`) from the compiled HLO, which is saved as DIR/step_hlo.txt."""
+  shapes and source (`op_name`) from the compiled HLO, which is saved as DIR/step_hlo.txt, then
+  the threads' occupancy (`print_occupancy`)."""
   with jax.profiler.trace(directory, create_perfetto_trace=True):
     for i in range(2):
       state, metrics = p_step(state, batch, jax.random.key(100 + i))
@@ -171,6 +173,30 @@ def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
   for name, ms in totals.most_common(top):
     shape, source = lines[name]
     print(f"{ms:8.1f} ms {100 * ms / total:5.1f}%  {name} {shape} {source[-90:]}")
+  print_occupancy([e for e in events if e.get("ph") == "X" and e["name"] in lines], lines)
+
+
+def print_occupancy(op_events: list, lines: dict, top: int = 12) -> None:
+  """How many ops run at once over the 2 traced steps, and the ops that most often run alone:
+  where a thread may idle (an op that runs alone and is single-threaded inside leaves the other
+  core idle; ops parallel inside, e.g. large products, keep it busy without trace events)."""
+  edges = sorted([(e["ts"], 1, e["name"]) for e in op_events]
+                 + [(e["ts"] + e["dur"], -1, e["name"]) for e in op_events])
+  running, last = collections.Counter(), edges[0][0]
+  at_once, alone = collections.Counter(), collections.Counter()
+  for time_us, change, name in edges:
+    names = +running
+    at_once[min(len(names), 2)] += (time_us - last) / 2e3  # ms per step
+    if len(names) == 1:
+      alone[next(iter(names))] += (time_us - last) / 2e3
+    running[name] += change
+    last = time_us
+  print("ops running at once, ms per step: " + ", ".join(
+      f"{'2+' if count == 2 else count}: {ms:.0f}" for count, ms in sorted(at_once.items())))
+  print("ops running alone the longest:")
+  for name, ms in alone.most_common(top):
+    shape, source = lines[name]
+    print(f"{ms:8.1f} ms  {name} {shape} {source[-90:]}")
 
 
 if __name__ == "__main__":
