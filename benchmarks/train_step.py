@@ -164,16 +164,15 @@ def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
   trace = sorted(glob.glob(f"{directory}/plugins/profile/*/perfetto_trace.json.gz"))[-1]
   events = json.load(gzip.open(trace))
   events = events["traceEvents"] if isinstance(events, dict) else events
+  op_events = [e for e in events if e.get("ph") == "X" and e["name"] in lines]
   totals = collections.Counter()
-  for event in events:
-    if event.get("ph") == "X" and event["name"] in lines:
-      totals[event["name"]] += event.get("dur", 0) / 2e3  # ms per step
+  for event in op_events:
+    totals[event["name"]] += event.get("dur", 0) / 2e3  # ms per step
   total = sum(totals.values())
   print(f"op time per step (both threads, wall-clock per op): {total:.0f} ms")
   for name, ms in totals.most_common(top):
-    shape, source = lines[name]
-    print(f"{ms:8.1f} ms {100 * ms / total:5.1f}%  {name} {shape} {source[-90:]}")
-  print_occupancy([e for e in events if e.get("ph") == "X" and e["name"] in lines], lines)
+    print(f"{ms:8.1f} ms {100 * ms / total:5.1f}%  {describe_op(name, lines)}")
+  print_occupancy(op_events, lines)
 
 
 def print_occupancy(op_events: list, lines: dict, top: int = 12) -> None:
@@ -181,22 +180,27 @@ def print_occupancy(op_events: list, lines: dict, top: int = 12) -> None:
   where a thread may idle (an op that runs alone and is single-threaded inside leaves the other
   core idle; ops parallel inside, e.g. large products, keep it busy without trace events)."""
   edges = sorted([(e["ts"], 1, e["name"]) for e in op_events]
-                 + [(e["ts"] + e["dur"], -1, e["name"]) for e in op_events])
+                 + [(e["ts"] + e.get("dur", 0), -1, e["name"]) for e in op_events])
   running, last = collections.Counter(), edges[0][0]
   at_once, alone = collections.Counter(), collections.Counter()
   for time_us, change, name in edges:
-    names = +running
-    at_once[min(len(names), 2)] += (time_us - last) / 2e3  # ms per step
+    names, ms = +running, (time_us - last) / 2e3  # ms per step
+    at_once[min(len(names), 2)] += ms
     if len(names) == 1:
-      alone[next(iter(names))] += (time_us - last) / 2e3
+      alone[next(iter(names))] += ms
     running[name] += change
     last = time_us
   print("ops running at once, ms per step: " + ", ".join(
       f"{'2+' if count == 2 else count}: {ms:.0f}" for count, ms in sorted(at_once.items())))
   print("ops running alone the longest:")
   for name, ms in alone.most_common(top):
-    shape, source = lines[name]
-    print(f"{ms:8.1f} ms  {name} {shape} {source[-90:]}")
+    print(f"{ms:8.1f} ms  {describe_op(name, lines)}")
+
+
+def describe_op(name: str, lines: dict) -> str:
+  """An HLO instruction's name, shape and the tail of its source (`op_name`)."""
+  shape, source = lines[name]
+  return f"{name} {shape} {source[-90:]}"
 
 
 if __name__ == "__main__":
