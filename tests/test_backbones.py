@@ -11,6 +11,7 @@ from ehrnet_jax.cli import main
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant
+from tolerances import assert_close_to_rounding
 
 H4 = ScalingSpec.from_name("H-4")
 NUM_CLASSES = 10
@@ -95,7 +96,7 @@ def test_the_newer_narumiruna_layout_is_refused_with_the_reason():
     convert.convert_backbone_state_dict(state_dict, H4, "b4.pth")
 
 
-def test_converted_classifier_backbone_loads_into_the_pose_model_bit_identically(
+def test_converted_classifier_backbone_loads_into_the_pose_model_unchanged(
     tmp_path, h4_variables, capsys):
   source = tmp_path / "b4.npz"
   np.savez(source, **_narumiruna_classifier(_reference_state_dict()))
@@ -114,9 +115,11 @@ def test_converted_classifier_backbone_loads_into_the_pose_model_bit_identically
   pose_taps = _backbone_taps(EfficientHRNet(H4), pose_variables, images)
   classifier_taps = _backbone_taps(EfficientNetClassifier(H4, NUM_CLASSES),
                                    classifier_variables, images)
+  # The same weights in two separately compiled programs (the pose model and the classifier):
+  # equal up to rounding, not bit for bit (tolerances.py).
   for pose_tap, classifier_tap in zip(pose_taps, classifier_taps, strict=True):
-    np.testing.assert_array_equal(pose_tap, classifier_tap)
-  # Only the backbone changed.
+    assert_close_to_rounding(pose_tap, classifier_tap)
+  # Only the backbone changed (the weights themselves are copies: bit for bit).
   assert jax.tree.all(jax.tree.map(np.array_equal, pose_variables["params"]["hrnet"],
                                    h4_variables["params"]["hrnet"]))
 

@@ -67,7 +67,9 @@ def test_classification_loss_is_the_mean_cross_entropy():
   total, components = losses.classification_loss(logits, {"label": labels})
   # -log softmax: ln(e^2 + 2) - 2 and ln(2 + e) - 0.
   expected = ((np.log(np.e**2 + 2) - 2) + np.log(2 + np.e)) / 2
-  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  # float32 log-softmax against float64: a few ulps of XLA's vectorised exp and log (whose last
+  # bits differ by ISA), amplified ~15x by the cancellation in ln(e^2 + 2) - 2 = 0.14.
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert components == {"cross_entropy": total}
 
 

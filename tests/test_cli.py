@@ -5,9 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from ehrnet_jax import samples
 from ehrnet_jax.cli import build_parser, main
+import coco_testing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,18 +31,36 @@ def test_help_does_not_import_jax():
 
 def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch):
   """README command 1, shortened to one training step, without the training's own final
-  evaluation (stage 3 evaluates the trained model; test_train_loop covers the trainer's)."""
+  evaluation (stage 3 evaluates the trained model; test_train_loop covers the trainer's).
+
+  Training starts from the authors' H-4 that stage 1 converts (random weights, which find
+  people everywhere) rather than Flax's initialisation (which finds nobody), so that the
+  evaluation and the predictions have people to check."""
   monkeypatch.chdir(REPO)
   workdir = tmp_path / "demo"
   assert main(["demo", "--workdir", str(workdir), "--set", "train.steps=1",
-               "--set", "run.eval_every_steps=-1"]) == 0
+               "--set", "run.eval_every_steps=-1",
+               "--set", f"init.checkpoint={workdir / 'H-4_reference'}",
+               "--set", "init.backbone_only=false"]) == 0
+  printed = capsys.readouterr().out
   assert (workdir / "H-4_reference" / "ehrnet.json").is_file()
   metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
-  assert {"AP", "AP50", "AR"} <= set(metrics) and metrics["num_images"] == 7
+  evaluated = json.loads((workdir / "evaluate" / "results.json").read_text())
+  assert metrics["num_images"] == 7 and metrics["num_people"] == len(evaluated) > 0
+  annotations = samples.coco_dir() / "annotations" / f"person_keypoints_{samples.SPLIT}.json"
+  assert metrics["AP"] == coco_testing.keypoint_ap(annotations, evaluated)
+  # The predictions are the people the evaluation scored: same checkpoint, same estimator.
   predictions = json.loads((workdir / "predict" / "predictions.json").read_text())
-  assert isinstance(predictions, list)
-  assert len(list((workdir / "predict").glob("*.jpg"))) == 7
-  assert "done: everything is in" in capsys.readouterr().out
+  assert f"{len(predictions)} people in 7 input(s)" in printed
+  by_file = lambda entries, key: sorted((str(key(e)), e["score"], e["keypoints"]) for e in entries)
+  ids = {int(p.stem): p.name for p in samples.images()}
+  found = by_file(predictions, lambda e: pathlib.Path(e["file_name"]).name)
+  scored = by_file(evaluated, lambda e: ids[e["image_id"]])
+  assert [f for f, _, _ in found] == [f for f, _, _ in scored]
+  np.testing.assert_allclose([s for _, s, _ in found], [s for _, s, _ in scored], atol=1e-6)
+  np.testing.assert_allclose([k for _, _, k in found], [k for _, _, k in scored], atol=1e-3)
+  assert sorted(p.name for p in (workdir / "predict").glob("*.jpg")) == sorted(ids.values())
+  assert "done: everything is in" in printed
 
 
 @pytest.mark.parametrize("argv,message", [

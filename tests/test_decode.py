@@ -29,8 +29,10 @@ def test_resize_matches_opencv_and_jax(size_in, size_out):
   for channel, resized in zip(maps, ours):
     opencv = cv2.resize(channel, size_out[::-1], interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(resized, opencv, atol=1e-5)
+  # XLA may contract the interpolation into fused multiply-adds and NumPy does not: a few ulps
+  # at |maps| <= ~4 (ulp 4.8e-7), as against OpenCV.
   np.testing.assert_allclose(jax.jit(transforms.resize_bilinear, static_argnums=(1, 2))(
-      maps, size_out, jnp), ours, atol=1e-6)
+      maps, size_out, jnp), ours, atol=1e-5)
   np.testing.assert_allclose(jax.image.resize(maps, (3, *size_out), "linear", antialias=False),
                              ours, atol=1e-5)
 
@@ -41,6 +43,7 @@ def test_nms_top_k_matches_reference(reference_dir):
   expected = json.loads((reference_dir / "grouping_expected.json").read_text())["cases"][case]
   cases = np.load(reference_dir / "grouping_cases.npz")
   heatmaps, tags = cases[f"heatmaps_{case}"], cases[f"tags_{case}"]
+  # Exact: NMS and top-k only select and copy the stored float32 values, no arithmetic.
   xy, values, candidate_tags = map(np.asarray, decode.nms_top_k(heatmaps, tags, 30, 5))
   for joint, want in enumerate(expected["topk_above_threshold"]):
     above = values[0, joint] > 0.1
@@ -121,8 +124,10 @@ def test_bucketing_crops_back_to_the_exact_maps():
   exact = _jax_decoder(flip=False)([(1.0, images)], (64, 128))
   bucketed = _jax_decoder(flip=False, bucket=256)([(1.0, images)], (64, 128))
   assert bucketed.heatmaps.shape == exact.heatmaps.shape
-  # The toy network is pointwise after pooling, so padding must not change anything.
-  np.testing.assert_allclose(bucketed.heatmaps, exact.heatmaps, atol=1e-6)
+  # The toy network is pointwise after pooling, so padding must not change anything beyond
+  # rounding: the two programs differ in shape, so XLA may vectorise their sin and resize
+  # differently (a few ulps of heatmaps up to ~2, ulp 2.4e-7).
+  np.testing.assert_allclose(bucketed.heatmaps, exact.heatmaps, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,9 +80,13 @@ def test_frozen_backbone_keeps_weights_but_updates_statistics(unfrozen_step):
                state.params["backbone"])
   assert not np.allclose(frozen.batch_stats["backbone"]["bn"]["mean"],
                          state.batch_stats["backbone"]["bn"]["mean"])
-  # Everything after the backbone gets the same update as when the backbone trains too.
+  # Everything after the backbone gets the same update as when the backbone trains too. The two
+  # steps are separately compiled programs, so their gradients agree up to rounding (~1e-6
+  # relative); Adam's first step, lr * g / (|g| + eps), turns that into at most ~1e-6 of lr
+  # (its slope in g peaks at |g| = eps). 1e-4 of lr it is; a wrong freeze moves whole steps.
+  lr = TrainConfig().learning_rate
   for name in ("neck", "head_4", "head_2"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * lr),
                  frozen.params[name], unfrozen.params[name])
   # No Adam moments are kept for the frozen backbone.
   adam_state = frozen.opt_state.inner_states[optim.FROZEN].inner_state
