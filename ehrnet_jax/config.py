@@ -92,6 +92,17 @@ class TrainConfig:
   # (init.checkpoint), which the reference loads and this project cannot ship.
   freeze_backbone: bool = False
   compute_dtype: str = "float32"  # "bfloat16" for TPUs: bf16 activations, f32 master weights.
+  # How float32 convolutions and matrix products are computed (JAX's
+  # jax_default_matmul_precision, set around the whole run): "highest" in float32; "high" and
+  # "default" let the backend trade precision for speed (TF32, inputs rounded to 10 mantissa
+  # bits instead of 23, on NVIDIA GPUs since Ampere; three or one bfloat16 passes on TPU);
+  # XLA:CPU computes float32 whatever the setting. "highest", so that a float32 run means float32
+  # on every device and its numbers do not depend on the GPU generation (the parity with the
+  # reference holds to float32 rounding). The authors' PyTorch let cuDNN run convolutions in
+  # TF32, its default, on GPUs that have it; "default" is the like of that. On TPU "highest"
+  # makes the convolutions ~3-6x slower: there use "default", or compute_dtype="bfloat16", whose
+  # bf16 products this setting does not touch.
+  matmul_precision: str = "highest"
   seed: int = 0
 
 

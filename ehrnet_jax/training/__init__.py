@@ -9,6 +9,7 @@
 - `checkpointing`: orbax `CheckpointManager` (async, latest N + best by AP / top-1, auto-resume).
 - `evaluation`: the COCO AP and the top-1/top-5 hooks.
 - `writers`: JSON lines, TensorBoard and the console progress bar.
+- `event_file`: TensorBoard event files, written without TensorFlow.
 - `distributed`: multi-process start-up through `jax.distributed.initialize()`.
 - `loop`: `train(config, workdir)`, the whole job (`ehrnet train`).
 """

@@ -13,6 +13,8 @@ Files in the work dir:
   config.json          the resolved config (process 0)
   checkpoints/<step>/  orbax training checkpoints (latest N + best by AP or top-1)
   metrics.jsonl        one JSON object per log step and per evaluation
+  runs.jsonl           one per (re)start: the step, JAX, the devices, the matmul precision
+                       (`run_conditions`)
   tensorboard/         the same scalars as TensorBoard events
   variables/           the final model (`ehrnet_jax.checkpoints` format: evaluate, predict, export;
                        for the classifier with its number of classes)
@@ -123,9 +125,24 @@ class _Throughput:
     return rate
 
 
+def run_conditions(config: Config) -> dict[str, Any]:
+  """What the run's figures depend on beyond its config: JAX, the devices, the precision in
+  force (`train.matmul_precision` once `train` has set it) and the compute dtype."""
+  device = jax.devices()[0]
+  return {"jax": jax.__version__, "backend": device.platform,
+          "devices": f"{jax.device_count()} x {device.device_kind}",
+          "processes": jax.process_count(),
+          "matmul_precision": jax.config.jax_default_matmul_precision,
+          "compute_dtype": config.train.compute_dtype}
+
+
 def train(config: Config, workdir: str, *, data: TrainData | None = None,
           evaluate: EvaluateFn | None = None, model: nn.Module | None = None) -> TrainState:
   """Trains (or resumes training) and returns the final state (host copy, unreplicated).
+
+  Everything runs under `train.matmul_precision` (JAX's default precision of float32
+  convolutions and products): the compiled step and the evaluation. `run_conditions` goes to
+  runs.jsonl and is the console's first line.
 
   Args:
     config: the run's config.
@@ -140,6 +157,17 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   Raises:
     NonFiniteLossError: when the loss becomes NaN or infinite.
   """
+  try:
+    precision = jax.default_matmul_precision(config.train.matmul_precision)
+  except ValueError as error:
+    raise UserError(f"train.matmul_precision={config.train.matmul_precision!r}: "
+                    f"{error}") from error
+  with precision:
+    return _train(config, workdir, data, evaluate, model)
+
+
+def _train(config: Config, workdir: str, data: TrainData | None, evaluate: EvaluateFn | None,
+           model: nn.Module | None) -> TrainState:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -172,6 +200,9 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
       axis_name=step_lib.AXIS), prepare=task.prepare)
   writer = MetricWriter(workdir, enabled=is_main)
   progress = ProgressBar(start, num_steps, enabled=is_main)
+  conditions = run_conditions(config)
+  writer.write_run(start, conditions)
+  progress.write(", ".join(f"{k} {v}" for k, v in conditions.items()))
   guard = _NonFiniteGuard(workdir, steps_per_epoch)
   throughput = _Throughput(global_batch)
   best = checkpointer.best_value()

@@ -1,9 +1,11 @@
-"""Where training metrics go: a JSON-lines file, TensorBoard event files and the console.
+"""Where training metrics go: JSON-lines files, TensorBoard event files and the console.
 
 `<workdir>/metrics.jsonl` holds one JSON object per logged step (`{"step": 100, "loss": ...}`),
-readable with `pandas.read_json(path, lines=True)`; `<workdir>/tensorboard/` holds the same
-scalars for `tensorboard --logdir`. Only process 0 writes; the others get a writer that does
-nothing, so the loop needs no `if`.
+readable with `pandas.read_json(path, lines=True)`; `<workdir>/runs.jsonl` one per (re)start of
+the run, naming what its figures depend on (`{"step": 0, "jax": ..., "matmul_precision": ...}`);
+`<workdir>/tensorboard/` holds the scalars for `tensorboard --logdir`, written without
+TensorFlow (`event_file`). Only process 0 writes; the others get a writer that does nothing, so
+the loop needs no `if`.
 """
 
 import json
@@ -13,40 +15,45 @@ from typing import Mapping
 
 import tqdm
 
+from ehrnet_jax.training.event_file import EventFileWriter
+
+
+def _json_line(step: int, fields: Mapping[str, object]) -> str:
+  return json.dumps({"step": step, "time": time.time(), **fields}) + "\n"
+
 
 class MetricWriter:
-  """Appends scalars to `metrics.jsonl` and to TensorBoard in `workdir`."""
+  """Appends scalars to `metrics.jsonl` and to TensorBoard in `workdir`, and each (re)start's
+  conditions to `runs.jsonl`."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._enabled = enabled
     if not enabled:
       return
-    import tensorflow as tf  # Slow to import: only when this process writes.
-    self._tf = tf
+    self._workdir = workdir
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    # What tf.summary.scalar writes, without needing the tensorboard package installed.
-    self._scalar_metadata = tf.compat.v1.SummaryMetadata()
-    self._scalar_metadata.plugin_data.plugin_name = "scalars"
+    self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+
+  def write_run(self, step: int, conditions: Mapping[str, object]) -> None:
+    """Appends the conditions of the run (re)starting at `step` to runs.jsonl."""
+    if self._enabled:
+      with open(os.path.join(self._workdir, "runs.jsonl"), "a", encoding="utf-8") as f:
+        f.write(_json_line(step, conditions))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` (name -> number) at `step`."""
     if not self._enabled:
       return
     scalars = {name: float(value) for name, value in scalars.items()}
-    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+    self._jsonl.write(_json_line(step, scalars))
     self._jsonl.flush()
-    with self._summary.as_default():
-      for name, value in scalars.items():
-        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
-                               metadata=self._scalar_metadata)
-    self._summary.flush()
+    self._events.write(step, scalars)
 
   def close(self) -> None:
     if self._enabled:
       self._jsonl.close()
-      self._summary.close()
+      self._events.close()
 
 
 class ProgressBar:

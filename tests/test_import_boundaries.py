@@ -1,0 +1,92 @@
+"""The model, the training step, the decoder and the trainer's writer work without TensorFlow,
+TFDS, pycocotools and jax2onnx (as on a GPU machine with JAX only): those are imported only by
+data building, COCO evaluation and export."""
+
+import pathlib
+import subprocess
+import sys
+
+from without_packages import GPU_MACHINE_ABSENT
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Run by tests/without_packages.py, with the four packages absent.
+SCRIPT = r'''
+import json
+import tempfile
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ehrnet_jax import config, counting, decode, inference, losses, models, scaling
+from ehrnet_jax.data import targets
+from ehrnet_jax.training import optim, state, step, writers
+
+tx = optim.make_optimizer(config.TrainConfig(), steps_per_epoch=10)
+
+# H-4's spec and training state, shapes only.
+spec = scaling.ScalingSpec.from_name("H-4")
+abstract = state.abstract_train_state(models.EfficientHRNet(spec), tx)
+assert counting.count_params(abstract.params) == 2_764_706
+
+
+class Tiny(nn.Module):
+  """Pose outputs at 1/4 and 1/2 from two strided convolutions: a step that compiles fast."""
+  @nn.compact
+  def __call__(self, images, train):
+    quarter = nn.BatchNorm(use_running_average=not train)(
+        nn.Conv(34, (4, 4), strides=(4, 4))(images))
+    return models.PoseOutputs(quarter[..., :17], quarter[..., 17:],
+                              nn.Conv(17, (2, 2), strides=(2, 2))(images))
+
+
+# One training step: targets built on device, the pose loss, Adam.
+keypoints = np.zeros((1, 30, 17, 3), np.int32)
+keypoints[0, 0, :5] = (3, 4, 1)
+host = {"image": np.zeros((1, 32, 32, 3), np.uint8), "mask_4": np.ones((1, 8, 8), np.uint8),
+        "mask_2": np.ones((1, 16, 16), np.uint8), "keypoints_4": keypoints,
+        "keypoints_2": keypoints}
+train_step = jax.jit(step.make_train_step(Tiny(), tx, losses.pose_loss, freeze_backbone=False))
+train_state = state.create_train_state(Tiny(), tx, jax.random.key(0))
+train_state, metrics = train_step(train_state, targets.prepare_batch(host), jax.random.key(1))
+assert int(train_state.step) == 1 and float(metrics["heatmap_4"]) > 0
+
+# Decoding's device half (NMS, top-k) and an image through the host pipeline (warp, maps of a
+# stand-in network with every joint at one spot, grouping, back to the image).
+heatmaps = np.zeros((1, 17, 8, 8), np.float32)
+heatmaps[0, :, 2, 3] = 0.9
+xy, values, _ = decode.nms_top_k(jnp.asarray(heatmaps), jnp.zeros((1, 17, 8, 8, 1)), 2, 3)
+assert xy[0, 0, 0].tolist() == [3, 2] and float(values[0, 0, 0]) == np.float32(0.9)
+
+
+def network(images):
+  quarter = np.zeros((len(images), 16, 16, 17), np.float32)
+  quarter[:, 4, 8] = 0.9
+  return quarter, np.zeros_like(quarter), np.zeros((len(images), 32, 32, 17), np.float32)
+
+
+estimator = inference.PoseEstimator(inference.HostDecoder(network), input_size=64)
+(poses,) = estimator([np.zeros((64, 64, 3), np.uint8)])
+assert poses.people.shape[:2] == (1, 17)
+
+# The trainer's metrics: metrics.jsonl and TensorBoard events.
+with tempfile.TemporaryDirectory() as workdir:
+  writer = writers.MetricWriter(workdir)
+  writer.write(3, {"loss": 0.5})
+  writer.close()
+  with open(f"{workdir}/metrics.jsonl", encoding="utf-8") as f:
+    assert json.loads(f.read())["loss"] == 0.5
+
+'''
+
+
+def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx(tmp_path):
+  script = tmp_path / "script.py"
+  script.write_text(SCRIPT)
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "without_packages.py"),
+                           ",".join(GPU_MACHINE_ABSENT), str(script)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,  # a hang guard
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]

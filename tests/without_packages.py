@@ -1,0 +1,40 @@
+"""Runs a Python script as if some top-level packages were not installed, for tests of what must
+run without them (the GPU machines' stack has no TensorFlow, TFDS, pycocotools or jax2onnx).
+
+  python tests/without_packages.py tensorflow,pycocotools SCRIPT [ARGS...]
+
+A blocked package is marked absent in `sys.modules` (None): importing it or its submodules
+raises ModuleNotFoundError and `importlib.util.find_spec` answers None, as where it is not
+installed. The process fails if a module of a blocked package was loaded anyway.
+"""
+
+import pathlib
+import runpy
+import sys
+
+GPU_MACHINE_ABSENT = ("tensorflow", "tensorflow_datasets", "pycocotools", "jax2onnx")
+
+
+def block(packages) -> None:
+  """From now on, these top-level packages cannot be imported in this process."""
+  for package in packages:
+    sys.modules[package] = None
+
+
+def loaded(packages) -> list[str]:
+  """The modules of these top-level packages that this process has loaded."""
+  return sorted(name for name, module in sys.modules.items()
+                if module is not None and name.split(".")[0] in packages)
+
+
+if __name__ == "__main__":
+  blocked, script, *args = sys.argv[1:]
+  packages = blocked.split(",")
+  block(packages)
+  sys.argv = [script, *args]
+  sys.path.insert(0, str(pathlib.Path(script).resolve().parent))
+  try:
+    runpy.run_path(script, run_name="__main__")
+  finally:
+    if loaded(packages):
+      sys.exit(f"blocked packages were loaded: {loaded(packages)}")
