@@ -18,6 +18,7 @@ Run each setting in its own process (the peak memory is the process's).
 
 import argparse
 import collections
+import contextlib
 import glob
 import gzip
 import json
@@ -58,20 +59,37 @@ def synthetic_batch(rng: np.random.Generator, devices: int, batch: int, size: in
           "mask_2": np.ones((*shape, size // 2, size // 2), np.uint8), **keypoints}
 
 
-def use_plain_gradients() -> None:
-  """Swaps the layers' custom-VJP functions for their plain versions (the code before issue 4)."""
-  def plain_batch_norm(x, scale, bias, epsilon, activation):
-    axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axes)
-    var = jnp.square(x - mean).mean(axes)
-    y = (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
-    return (activation(y) if activation else y), mean, var
+def _plain_batch_norm(x, scale, bias, epsilon, activation):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  var = jnp.square(x - mean).mean(axes)
+  y = (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+  return (activation(y) if activation else y), mean, var
 
-  layers.depthwise_conv_shifted = layers._depthwise_shifted
-  layers.conv_transpose = lambda x, kernel, stride, padding, form: layers._conv_transpose(
-      x, kernel, stride, padding)
-  layers.conv_1x1 = lambda x, kernel, form: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0)))
-  layers.batch_norm_train = plain_batch_norm
+
+# The layers' functions with hand-written gradients, and their plain versions (autodiff of the
+# XLA primitives: the code before issue 4).
+PLAIN_GRADIENTS = {
+    "depthwise_conv_shifted": layers._depthwise_shifted,
+    "conv_transpose": lambda x, kernel, stride, padding, form: layers._conv_transpose(
+        x, kernel, stride, padding),
+    "conv_1x1": lambda x, kernel, form: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0))),
+    "batch_norm_train": _plain_batch_norm,
+}
+
+
+@contextlib.contextmanager
+def plain_gradients(names=tuple(PLAIN_GRADIENTS)):
+  """Within the block, the layers named (keys of `PLAIN_GRADIENTS`) trace as their plain
+  versions; what is traced there keeps them."""
+  saved = {name: getattr(layers, name) for name in names}
+  try:
+    for name in names:
+      setattr(layers, name, PLAIN_GRADIENTS[name])
+    yield
+  finally:
+    for name, function in saved.items():
+      setattr(layers, name, function)
 
 
 def main(argv=None) -> int:
@@ -93,9 +111,11 @@ def main(argv=None) -> int:
                            "print the ops that took longest (summed over both steps) and how many "
                            "ran at once")
   args = parser.parse_args(argv)
-  if args.plain_gradients:
-    use_plain_gradients()
+  with plain_gradients() if args.plain_gradients else contextlib.nullcontext():
+    return measure(args)
 
+
+def measure(args) -> int:
   spec = ScalingSpec.from_name(args.variant)
   size = args.size or spec.input_size
   model = EfficientHRNet(spec)
