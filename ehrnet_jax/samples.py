@@ -20,6 +20,11 @@ def coco_dir() -> pathlib.Path:
   return sample_dir()
 
 
+def annotation_file() -> pathlib.Path:
+  """The sample images' COCO keypoint annotations (`coco_dir()`'s, for split `SPLIT`)."""
+  return coco_dir() / "annotations" / f"person_keypoints_{SPLIT}.json"
+
+
 def images() -> list[pathlib.Path]:
   return sorted((sample_dir() / SPLIT).glob("*.jpg"))
 

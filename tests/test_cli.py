@@ -47,8 +47,7 @@ def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch
   metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
   evaluated = json.loads((workdir / "evaluate" / "results.json").read_text())
   assert metrics["num_images"] == 7 and metrics["num_people"] == len(evaluated) > 0
-  annotations = samples.coco_dir() / "annotations" / f"person_keypoints_{samples.SPLIT}.json"
-  assert metrics["AP"] == coco_testing.keypoint_ap(annotations, evaluated)
+  assert metrics["AP"] == coco_testing.keypoint_ap(samples.annotation_file(), evaluated)
   # The predictions are the people the evaluation scored: same checkpoint, same estimator.
   predictions = json.loads((workdir / "predict" / "predictions.json").read_text())
   assert f"{len(predictions)} people in 7 input(s)" in printed

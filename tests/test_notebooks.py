@@ -102,11 +102,10 @@ def test_train(tmp_path, monkeypatch):
   assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in result["losses"])
   # Each AP is pycocotools' own on the people the notebook found, on the photos it evaluated.
   from ehrnet_jax import samples
-  annotations = samples.coco_dir() / "annotations" / f"person_keypoints_{samples.SPLIT}.json"
   assert set(result["ap"]) == set(result["results"]) == {"before", "after"}
   assert result["results"]["before"], "the converted start found nobody to score"
   for label, ap in result["ap"].items():
-    assert ap == coco_testing.keypoint_ap(annotations, result["results"][label],
+    assert ap == coco_testing.keypoint_ap(samples.annotation_file(), result["results"][label],
                                           result["image_ids"]), label
   variables, spec = checkpoints.load_variables(result["trained_checkpoint"])
   assert spec.name == "H-4" and "params" in variables
