@@ -12,8 +12,8 @@ One run measures, on whatever backend JAX finds (a GPU or TPU; the CPU only with
   and torch.compile;
 - the JAX execution forms that matter on an accelerator, side by side (depthwise as a grouped
   convolution or shifted slices, the head's transposed convolution plain or sub-pixel, channel
-  alignment 8 or 1, the layers' hand-written gradients or autodiff), so that the accelerator's
-  form is chosen from figures.
+  alignment 8 or 1, the hand-written gradients or autodiff, all plain: `ExecutionForm`s), so that
+  the accelerator's form is chosen from figures.
 
 Precisions: "fp32" is true float32 everywhere (JAX `default_matmul_precision("highest")`, the
 trainer's default; PyTorch without TF32), "tf32" lets both use TF32 for float32 convolutions and
@@ -39,7 +39,6 @@ TensorFlow, TFDS, pycocotools or jax2onnx).
 """
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -68,12 +67,12 @@ from ehrnet_jax import losses  # noqa: E402
 from ehrnet_jax.benchmark import machine_description  # noqa: E402
 from ehrnet_jax.config import TrainConfig  # noqa: E402
 from ehrnet_jax.data import targets  # noqa: E402
-from ehrnet_jax.models import EfficientHRNet, fold_batch_norm  # noqa: E402
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm  # noqa: E402
 from ehrnet_jax.scaling import ScalingSpec  # noqa: E402
 from ehrnet_jax.training import optim, step as step_lib  # noqa: E402
 from ehrnet_jax.training.state import create_train_state, init_variables  # noqa: E402
 from ehrnet_jax.xla_options import inference_compiler_options  # noqa: E402
-import train_step  # noqa: E402  (benchmarks/: the synthetic batch and the plain gradients)
+import train_step  # noqa: E402  (benchmarks/: the synthetic batch)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 # JAX's float32 matmul/convolution precision (as `train.matmul_precision`) and the compute dtype
@@ -85,18 +84,18 @@ SECTIONS = ("train", "inference", "forms", "torch", "batches", "frozen", "throug
 TRAIN_BATCHES = {"H0": (16, 32), "H-4": (48, 96)}
 INFER_BATCHES = (1, 8, 32)
 
-# JAX execution forms: model fields and the layers whose plain gradients are traced
-# (train_step.PLAIN_GRADIENTS). "default" is what `EfficientHRNet(spec)` does on this backend.
+# JAX execution forms, as fields of `ExecutionForm` changed from this backend's default form for
+# training or inference (`ExecutionForm.for_backend`, what the trainer and the decoders run).
 FORMS = {
-    "default": ({}, ()),
-    "depthwise_shifted": ({"depthwise": "shifted"}, ()),
-    "deconv_subpixel": ({"deconv": "subpixel"}, ()),
-    "deconv_transpose": ({"deconv": "transpose"}, ()),
-    "align_1": ({"channel_align": 1}, ()),
-    "bn_autodiff": ({}, ("batch_norm_train",)),
-    "conv1x1_autodiff": ({}, ("conv_1x1",)),
-    "plain_autodiff": ({"depthwise": "conv", "deconv": "transpose"},
-                       tuple(train_step.PLAIN_GRADIENTS)),
+    "default": {},
+    "depthwise_shifted": {"depthwise": "shifted"},
+    "deconv_subpixel": {"transposed_conv": "subpixel"},
+    "deconv_transpose": {"transposed_conv": "conv_transpose"},
+    "align_1": {"channel_align": 1},
+    "autodiff_gradients": {"written_gradients": False},
+    "plain": {field.name: getattr(ExecutionForm.plain(), field.name)
+              for field in dataclasses.fields(ExecutionForm)
+              if field.name != "fold_batch_norm"},
 }
 INFERENCE_FORMS = ("depthwise_shifted", "deconv_subpixel", "deconv_transpose", "align_1")
 
@@ -204,17 +203,10 @@ def _process_peak_gb() -> float | None:
   return None if peak is None else round(peak / 2**30, 3)
 
 
-@contextlib.contextmanager
-def _jax_form(row: Row):
-  matmul_precision, _ = JAX_PRECISION[row.precision]
-  _, plain = FORMS[row.form]
-  with jax.default_matmul_precision(matmul_precision), train_step.plain_gradients(plain):
-    yield
-
-
-def _jax_model(row: Row, spec: ScalingSpec, **fields) -> EfficientHRNet:
-  model_fields, _ = FORMS[row.form]
-  return EfficientHRNet(spec, dtype=JAX_PRECISION[row.precision][1], **model_fields, **fields)
+def _jax_model(row: Row, spec: ScalingSpec) -> EfficientHRNet:
+  form = ExecutionForm.for_backend(jax.default_backend(), train=row.kind == "train")
+  return EfficientHRNet(spec, dataclasses.replace(form, **FORMS[row.form]),
+                        dtype=JAX_PRECISION[row.precision][1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,7 +222,7 @@ def jax_train(row: Row, size: int, args) -> dict:
   pipeline's format placed on the devices once."""
   spec = ScalingSpec.from_name(row.variant)
   devices = jax.local_device_count()
-  with _jax_form(row):
+  with jax.default_matmul_precision(JAX_PRECISION[row.precision][0]):
     model = _jax_model(row, spec)
     tx = optim.make_optimizer(TrainConfig(freeze_backbone=row.freeze_backbone), 1000)
     p_step = step_lib.pmap_train_step(step_lib.make_train_step(
@@ -263,8 +255,8 @@ def jax_train(row: Row, size: int, args) -> dict:
 def jax_inference(row: Row, size: int, args) -> dict:
   """The jitted network in its inference form (batch norm folded), on one device."""
   spec = ScalingSpec.from_name(row.variant)
-  with _jax_form(row):
-    model = _jax_model(row, spec, folded_bn=True)
+  with jax.default_matmul_precision(JAX_PRECISION[row.precision][0]):
+    model = _jax_model(row, spec)
     variables = fold_batch_norm(_initial_variables(row.variant))
     images = jax.random.normal(jax.random.key(1), (row.batch, size, size, 3))
     start = time.perf_counter()

@@ -35,7 +35,7 @@ import onnxruntime
 
 from ehrnet_jax import checkpoints, convert, inference, keypoints, samples, transforms
 from ehrnet_jax.export import network, onnx as onnx_export, tensorrt
-from ehrnet_jax.models import EfficientHRNet, fold_batch_norm
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.onnx_runtime import OnnxNetwork
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
@@ -97,10 +97,11 @@ def run_variant(name, checkpoint, reference_dir, repeats, tmp, use_tensorrt):
   spec = ScalingSpec.from_name(name)
   variables = variables_for(spec, checkpoint, reference_dir)
   size = spec.input_size
-  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
+  model = EfficientHRNet(spec, ExecutionForm.export())
   exact = jax.jit(lambda x: model.apply(variables, x, train=False))
   folded = fold_batch_norm(variables)
-  fastest = jax.jit(lambda x: EfficientHRNet(spec, folded_bn=True).apply(folded, x, train=False),
+  fastest = jax.jit(lambda x: EfficientHRNet(spec, ExecutionForm.cpu_inference()).apply(
+      folded, x, train=False),
                     compiler_options=inference_compiler_options())
   rng = np.random.default_rng(0)
 

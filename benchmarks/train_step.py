@@ -10,7 +10,7 @@ average while timing, images per second, compile seconds and the process's peak 
 
   python benchmarks/train_step.py --variant H-4 --batch 8 --size 384 --freeze-backbone
   python benchmarks/train_step.py --variant H0 --batch 2 --size 512
-  python benchmarks/train_step.py --variant H-4 --batch 8 --size 384 --plain-gradients  # before
+  python benchmarks/train_step.py --variant H-4 --batch 8 --size 384 --form plain  # before
   python benchmarks/train_step.py --variant H-4 --batch 2 --size 256 --steps 2 --profile /tmp/prof
 
 Run each setting in its own process (the peak memory is the process's).
@@ -18,7 +18,6 @@ Run each setting in its own process (the peak memory is the process's).
 
 import argparse
 import collections
-import contextlib
 import glob
 import gzip
 import json
@@ -30,14 +29,14 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax import losses
 from ehrnet_jax.benchmark import machine_description
 from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.data import targets
-from ehrnet_jax.models import EfficientHRNet, layers
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm
+from ehrnet_jax.models.execution import NAMES as FORMS
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
@@ -59,39 +58,6 @@ def synthetic_batch(rng: np.random.Generator, devices: int, batch: int, size: in
           "mask_2": np.ones((*shape, size // 2, size // 2), np.uint8), **keypoints}
 
 
-def _plain_batch_norm(x, scale, bias, epsilon, activation):
-  axes = tuple(range(x.ndim - 1))
-  mean = x.mean(axes)
-  var = jnp.square(x - mean).mean(axes)
-  y = (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
-  return (activation(y) if activation else y), mean, var
-
-
-# The layers' functions with hand-written gradients, and their plain versions (autodiff of the
-# XLA primitives: the code before issue 4).
-PLAIN_GRADIENTS = {
-    "depthwise_conv_shifted": layers._depthwise_shifted,
-    "conv_transpose": lambda x, kernel, stride, padding, form: layers._conv_transpose(
-        x, kernel, stride, padding),
-    "conv_1x1": lambda x, kernel, form: layers._plain_conv(x, kernel, 1, ((0, 0), (0, 0))),
-    "batch_norm_train": _plain_batch_norm,
-}
-
-
-@contextlib.contextmanager
-def plain_gradients(names=tuple(PLAIN_GRADIENTS)):
-  """Within the block, the layers named (keys of `PLAIN_GRADIENTS`) trace as their plain
-  versions; what is traced there keeps them."""
-  saved = {name: getattr(layers, name) for name in names}
-  try:
-    for name in names:
-      setattr(layers, name, PLAIN_GRADIENTS[name])
-    yield
-  finally:
-    for name, function in saved.items():
-      setattr(layers, name, function)
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,22 +69,22 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--prebuilt-targets", action="store_true",
                       help="time the step without building the targets on device")
-  parser.add_argument("--plain-gradients", action="store_true",
-                      help="for comparison: autodiff of the plain XLA ops instead of the layers' "
-                           "hand-written gradients (depthwise, 1x1, transposed conv, batch norm)")
+  parser.add_argument("--form", default="auto", choices=("auto",) + FORMS,
+                      help="execution form (auto: the trainer's on this backend); for "
+                           "comparison, plain: XLA's primitives and autodiff everywhere")
   parser.add_argument("--profile", metavar="DIR",
                       help="after timing, trace 2 more steps with jax.profiler into DIR and "
                            "print the ops that took longest (summed over both steps) and how many "
                            "ran at once")
-  args = parser.parse_args(argv)
-  with plain_gradients() if args.plain_gradients else contextlib.nullcontext():
-    return measure(args)
+  return measure(parser.parse_args(argv))
 
 
 def measure(args) -> int:
   spec = ScalingSpec.from_name(args.variant)
   size = args.size or spec.input_size
-  model = EfficientHRNet(spec)
+  form = (ExecutionForm.for_backend(jax.default_backend(), train=True) if args.form == "auto"
+          else ExecutionForm.named(args.form))
+  model = EfficientHRNet(spec, form)
   tx = optim.make_optimizer(TrainConfig(freeze_backbone=args.freeze_backbone), 1000)
   p_step = step_lib.pmap_train_step(step_lib.make_train_step(
       model, tx, losses.pose_loss, args.freeze_backbone, axis_name=step_lib.AXIS),
@@ -149,7 +115,7 @@ def measure(args) -> int:
   print(json.dumps({
       "variant": spec.name, "input_size": size, "images_per_step": images,
       "freeze_backbone": args.freeze_backbone, "prebuilt_targets": args.prebuilt_targets,
-      "plain_gradients": args.plain_gradients,
+      "form": args.form,
       "median_s": round(median, 4),
       "mean_s": round(statistics.fmean(times), 4),
       "median_cpu_s": round(statistics.median(cpu_times), 4),

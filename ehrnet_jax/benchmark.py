@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models import EfficientHRNet, fold_batch_norm
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.training.state import init_variables
 from ehrnet_jax.xla_options import inference_compiler_options
@@ -33,17 +33,19 @@ class Timing:
 
 def time_network(spec: ScalingSpec, batch: int = 1, size: tuple[int, int] | None = None,
                  repeats: int = 20, warmup: int = 3, seed: int = 0,
-                 depthwise: str = "auto", variables=None) -> Timing:
-  """Times `EfficientHRNet(spec)` in its fastest eval form (batch norms folded into the
-  convolutions, `fold_batch_norm`, as the inference pipeline runs it) on random inputs and
-  `variables` (default: a random initialisation; speed does not depend on the weights)."""
+                 form: ExecutionForm | None = None, variables=None) -> Timing:
+  """Times `EfficientHRNet(spec)` evaluated in `form` (default: the fastest inference form on
+  this backend, as the inference pipeline runs it) on random inputs and `variables` (default: a
+  random initialisation; speed does not depend on the weights)."""
   height, width = size or (spec.input_size, spec.input_size)
-  model = EfficientHRNet(spec, depthwise=depthwise, folded_bn=True)
+  form = form or ExecutionForm.for_backend(jax.default_backend(), train=False)
+  model = EfficientHRNet(spec, form=form)
   images = jax.random.normal(jax.random.key(seed), (batch, height, width, 3), jnp.float32)
   if variables is None:
     variables = init_variables(EfficientHRNet(spec), jax.random.key(seed))
   start = time.perf_counter()
-  variables = jax.block_until_ready(fold_batch_norm(variables))
+  variables = jax.block_until_ready(fold_batch_norm(variables) if form.fold_batch_norm
+                                    else variables)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
                     compiler_options=inference_compiler_options()).lower(variables, images).compile()
   compile_s = time.perf_counter() - start

@@ -103,6 +103,10 @@ class TrainConfig:
   # makes the convolutions ~3-6x slower: there use "default", or compute_dtype="bfloat16", whose
   # bf16 products this setting does not touch.
   matmul_precision: str = "highest"
+  # How the network's primitives are lowered (ehrnet_jax.models.ExecutionForm): "auto" (the
+  # fastest training form on this backend: `ExecutionForm.for_backend`) or a named form such as
+  # "plain" (XLA's own primitives and autodiff everywhere) or "accelerator_training".
+  execution_form: str = "auto"
   seed: int = 0
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier
+from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -77,7 +77,7 @@ def model_counts(spec: ScalingSpec, size: tuple[int, int] | None = None,
   """Counts for `EfficientHRNet(spec)` at batch 1 and `size` (H, W; default: the native input)."""
   height, width = size or (spec.input_size, spec.input_size)
   # The network as specified: depthwise and transposed convs as such, no alignment channels.
-  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose", channel_align=1)
+  model = EfficientHRNet(spec, ExecutionForm.plain())
   variables, counts = _counts(model, height, width, with_flops)
   backbone = count_params(variables["params"][BACKBONE])
   stem = count_params(variables["params"][BACKBONE]["stem"])
@@ -97,7 +97,7 @@ def classifier_counts(spec: ScalingSpec, num_classes: int = 1000, with_flops: bo
   """Counts for the backbone classifier `EfficientNetClassifier(spec, num_classes)` at batch 1
   and its Table-2 input size."""
   size = spec.classifier_input_size
-  model = EfficientNetClassifier(spec, num_classes, depthwise="conv")
+  model = EfficientNetClassifier(spec, num_classes, form=ExecutionForm.plain())
   _, counts = _counts(model, size, size, with_flops)
   return {"name": spec.classifier_name, "phi": spec.phi, "input_size": size,
           "num_classes": num_classes, "params": counts["params"],

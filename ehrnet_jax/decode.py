@@ -28,7 +28,7 @@ from ehrnet_jax import aggregate
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import group
 from ehrnet_jax import inference
-from ehrnet_jax.models import EfficientHRNet, fold_batch_norm
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
 
@@ -113,10 +113,11 @@ class JaxDecoder:
 def network_decoder(spec: ScalingSpec, variables, flip_index=None,
                     config: group.GroupingConfig = group.GroupingConfig(),
                     bucket: int | None = None) -> JaxDecoder:
-  """A `JaxDecoder` running `EfficientHRNet(spec)` on `variables` (params and batch_stats) in its
-  fastest evaluation form: the batch norms folded into the convolutions once, here. Variables
-  given later must be folded as well (`decoder.variables = fold_batch_norm(variables)`)."""
-  model = EfficientHRNet(spec, folded_bn=True)
+  """A `JaxDecoder` running `EfficientHRNet(spec)` on `variables` (params and batch_stats) in the
+  fastest inference form on this backend: the batch norms folded into the convolutions once,
+  here. Variables given later must be folded as well (`decoder.variables =
+  fold_batch_norm(variables)`)."""
+  model = EfficientHRNet(spec, ExecutionForm.for_backend(jax.default_backend(), train=False))
   return JaxDecoder(lambda v, x: model.apply(v, x, train=False), fold_batch_norm(variables),
                     flip_index, config, bucket)
 

@@ -18,7 +18,7 @@ from ehrnet_jax.errors import UserError
 from ehrnet_jax.export import network
 from ehrnet_jax.export import onnx as onnx_export
 from ehrnet_jax.export import tensorrt
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 import coco_testing
 import tolerances
@@ -32,8 +32,8 @@ STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Div",
 
 def jax_outputs(variables, images):
   """The model as exported (grouped depthwise convs), NHWC, as NumPy."""
-  apply = jax.jit(lambda x: EfficientHRNet(SPEC, depthwise="conv").apply(variables, x,
-                                                                          train=False))
+  apply = jax.jit(lambda x: EfficientHRNet(SPEC, ExecutionForm.export()).apply(variables, x,
+                                                                               train=False))
   return [np.asarray(o) for o in apply(images)]
 
 
@@ -95,7 +95,7 @@ def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_varia
   float32 = jax_outputs(h4_variables, images)
   with jax.enable_x64(True):
     variables = jax.tree.map(lambda a: np.asarray(a, np.float64), h4_variables)
-    model = EfficientHRNet(SPEC, depthwise="conv", dtype=np.float64)
+    model = EfficientHRNet(SPEC, ExecutionForm.export(), dtype=np.float64)
     exact = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
                                                                   images.astype(np.float64))
     exact = [np.asarray(o) for o in exact]

@@ -7,8 +7,10 @@ import pytest
 
 from ehrnet_jax.counting import count_params
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, fold_batch_norm
-from ehrnet_jax.models.layers import BatchNorm, depthwise_conv_shifted
+from ehrnet_jax.models import (EfficientHRNet, EfficientNetClassifier, ExecutionForm,
+                               fold_batch_norm)
+from ehrnet_jax.models.layers import BatchNorm
+from ehrnet_jax.ops.depthwise import depthwise_conv_shifted
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
 
@@ -120,20 +122,6 @@ def test_bf16_compute_stays_close_to_float32(h4_variables):
     assert np.corrcoef(np.ravel(low), np.ravel(full))[0, 1] > 0.97
 
 
-def test_cpu_forms_compute_the_exported_network(h4_variables):
-  # The exported form (closed-over weights, the plain dilated transposed convolution) and the CPU
-  # form (weights as jit arguments, the sub-pixel transposed convolution) agree.
-  spec = ScalingSpec.from_name("H-4")
-  exported, fastest = EfficientHRNet(spec, deconv="transpose"), EfficientHRNet(spec)
-  images = jax.random.normal(jax.random.key(2), (1, 64, 96, 3))
-  closed_over = lambda x: exported.apply(h4_variables, x, train=False)
-  as_argument = lambda v, x: fastest.apply(v, x, train=False)
-  assert "lhs_dilation=(2, 2)" in str(jax.make_jaxpr(closed_over)(images))
-  assert "lhs_dilation=(2, 2)" not in str(jax.make_jaxpr(as_argument)(h4_variables, images))
-  for want, got in zip(jax.jit(closed_over)(images), evaluate(fastest, h4_variables, images)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
 def test_folded_batch_norm_variables_and_outputs(h4_variables):
   # fold_batch_norm leaves one bias per convolution and no BN beside it; the folded network
   # computes the same outputs and refuses to train.
@@ -143,7 +131,7 @@ def test_folded_batch_norm_variables_and_outputs(h4_variables):
   assert jax.tree.leaves(folded["batch_stats"]) == jax.tree.leaves(
       {"head": h4_variables["batch_stats"]["head"]["deconv_bn"]})   # the only BN not after a conv
   spec = ScalingSpec.from_name("H-4")
-  model = EfficientHRNet(spec, folded_bn=True)
+  model = EfficientHRNet(spec, ExecutionForm.cpu_inference())
   images = jax.random.normal(jax.random.key(4), (1, 64, 96, 3))
   for got, want in zip(evaluate(model, folded, images),
                        evaluate(EfficientHRNet(spec), h4_variables, images)):

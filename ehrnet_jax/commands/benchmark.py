@@ -24,8 +24,10 @@ def register(subparsers) -> None:
                       "each variant's native input size)")
   parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
   parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
-  parser.add_argument("--depthwise", default="auto", choices=("auto", "shifted", "conv"),
-                      help="depthwise-conv implementation (auto: shifted slices on CPU)")
+  parser.add_argument("--form", default="auto", choices=("auto", "plain", "cpu_inference",
+                                                       "accelerator_inference", "export"),
+                      help="execution form (ehrnet_jax.models.ExecutionForm; auto: the fastest "
+                           "inference form on this backend)")
   parser.add_argument("--write", default="BENCHMARKS.md",
                       help="markdown file to update with the table ('none' to skip)")
   parser.set_defaults(run=run)
@@ -39,7 +41,7 @@ def run(args) -> int:
   import jax
 
   from ehrnet_jax import benchmark
-  from ehrnet_jax.models import EfficientHRNet
+  from ehrnet_jax.models import EfficientHRNet, ExecutionForm
   from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec
   from ehrnet_jax.training.state import init_variables
   # pylint: enable=import-outside-toplevel
@@ -50,17 +52,17 @@ def run(args) -> int:
           "| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
           f"throughput b={args.batch} (images/s) |",
           "|---|---|---|---|---|---|"]
+  form = None if args.form == "auto" else ExecutionForm.named(args.form)
   for name in args.variant or list(VARIANT_NAMES):
     spec = ScalingSpec.from_name(name)
     size = args.size or spec.input_size
     spec.check_input_shape(size, size)
     variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
     latency = benchmark.time_network(spec, 1, (size, size), repeats=args.repeats,
-                                     warmup=args.warmup, depthwise=args.depthwise,
-                                     variables=variables)
+                                     warmup=args.warmup, form=form, variables=variables)
     throughput = benchmark.time_network(spec, args.batch, (size, size),
                                         repeats=max(3, args.repeats // 4), warmup=1,
-                                        depthwise=args.depthwise, variables=variables)
+                                        form=form, variables=variables)
     rows.append(f"| {spec.name} | {size} | {latency.compile_s:.1f} | "
                 f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
     print(rows[-1], flush=True)

@@ -1,9 +1,9 @@
 """The network as exported: eval mode, a fixed spatial size, NHWC or NCHW tensors.
 
-Exported graphs use XLA's grouped convolution for the depthwise layers (`depthwise="conv"`):
-the shifted-slices form the model picks on CPU computes the same numbers but becomes k*k slices
-and multiplies per layer in ONNX; likewise the head keeps the plain transposed convolution
-(`deconv="transpose"`), which ONNX and TensorRT run natively. Eval-mode batch norm is folded into
+Exported graphs are traced in `ExecutionForm.export()`: XLA's grouped convolution for the
+depthwise layers (the shifted-slices form of the CPU would become k*k slices and multiplies per
+layer in ONNX) and the plain transposed convolution, which ONNX and TensorRT run natively.
+Eval-mode batch norm is folded into
 the convolutions by the model itself (`ConvBN`); the remaining per-channel arithmetic on the
 weights is constant-folded after export.
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.images import IMAGENET_MEAN, IMAGENET_STD
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 
 OUTPUT_NAMES = ("heatmaps_4", "tags_4", "heatmaps_2")
@@ -68,7 +68,7 @@ def inference_fn(spec: ScalingSpec, layout: str = "NHWC") -> Callable:
   """(variables, images (layout)) -> (heatmaps_4, tags_4, heatmaps_2) (layout)."""
   if layout not in LAYOUTS:
     raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
+  model = EfficientHRNet(spec, ExecutionForm.export())
 
   def fn(variables, images):
     if layout == "NCHW":

@@ -1,9 +1,11 @@
-"""EfficientHRNet model family as Flax Linen modules, parameterised by a `ScalingSpec`."""
+"""EfficientHRNet model family as Flax Linen modules, parameterised by a `ScalingSpec` and run in
+the `ExecutionForm` the caller chooses."""
 
 from ehrnet_jax.models.efficienthrnet import EfficientHRNet, PoseOutputs
 from ehrnet_jax.models.efficientnet import (BACKBONE, EfficientNetClassifier, EfficientNetFeatures,
                                             backbone_variables)
+from ehrnet_jax.models.execution import ExecutionForm
 from ehrnet_jax.models.layers import fold_batch_norm
 
 __all__ = ["BACKBONE", "EfficientHRNet", "EfficientNetClassifier", "EfficientNetFeatures",
-           "PoseOutputs", "backbone_variables", "fold_batch_norm"]
+           "ExecutionForm", "PoseOutputs", "backbone_variables", "fold_batch_norm"]

@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out, stored_once
+from ehrnet_jax.models.execution import ExecutionForm
+from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out
 from ehrnet_jax.scaling import ScalingSpec
 
 # The name of the `EfficientNetFeatures` module in the pose model and in the classifier: the
@@ -25,12 +26,12 @@ def reference_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], t
 
 
 def backbone_conv(features: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  name: str | None = None, depthwise: str = "auto", folded_bn: bool = False,
+                  name: str | None = None, form: ExecutionForm = ExecutionForm(),
                   dtype: Dtype = jnp.float32) -> ConvBN:
   """Conv-BN-swish with the reference's padding and kaiming (fan_out) initialisation."""
   return ConvBN(features, kernel_size, stride, padding=reference_padding(kernel_size, stride),
                 groups=groups, activation=nn.swish, kernel_init=kaiming_fan_out,
-                depthwise=depthwise, folded_bn=folded_bn, dtype=dtype, name=name)
+                form=form, dtype=dtype, name=name)
 
 
 def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -64,8 +65,7 @@ class MBConv(nn.Module):
   kernel_size: int
   stride: int
   drop_connect_rate: float
-  depthwise: str = "auto"
-  folded_bn: bool = False
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -73,18 +73,16 @@ class MBConv(nn.Module):
     hidden = self.in_channels * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = backbone_conv(hidden, 1, name="expand", folded_bn=self.folded_bn, dtype=self.dtype)(
-          y, train)
+      y = backbone_conv(hidden, 1, name="expand", form=self.form, dtype=self.dtype)(y, train)
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
-                      depthwise=self.depthwise, folded_bn=self.folded_bn, dtype=self.dtype)(
-                          y, train)
+                      form=self.form, dtype=self.dtype)(y, train)
     y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
-    y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, folded_bn=self.folded_bn,
+    y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, form=self.form,
                dtype=self.dtype, name="project")(y, train)
     if self.stride == 1 and self.in_channels == self.out_channels:
       if train and self.drop_connect_rate > 0:
         y = drop_connect(y, self.drop_connect_rate, self.make_rng("dropout"))
-      y = stored_once(x + y, train)
+      y = self.form.residual_end(x + y, train)
     return y
 
 
@@ -92,25 +90,23 @@ class EfficientNetFeatures(nn.Module):
   """The backbone: stem + MBConv stages. Returns the four taps at strides 4, 8, 16 and 32.
 
   Submodules are named as the reference's `features[i]`: `stem` is 0, `block_i` for i >= 1.
-  `depthwise` picks the depthwise-conv implementation (see `layers.Conv`), `folded_bn` as in
-  `layers.ConvBN`.
+  `form` is the execution form (`ExecutionForm`).
   """
   spec: ScalingSpec
-  depthwise: str = "auto"
-  folded_bn: bool = False
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   def setup(self):
     spec = self.spec
-    self.stem = backbone_conv(spec.stem_channels, 3, 2, name="stem", folded_bn=self.folded_bn,
+    self.stem = backbone_conv(spec.stem_channels, 3, 2, name="stem", form=self.form,
                               dtype=self.dtype)
     blocks, in_channels = [], spec.stem_channels
     for stage in spec.backbone_stages:
       for repeat in range(stage.repeats):
         blocks.append(MBConv(
             in_channels, stage.channels, stage.expand_ratio, stage.kernel_size,
-            stage.stride if repeat == 0 else 1, spec.drop_connect_rate, self.depthwise,
-            self.folded_bn, dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
+            stage.stride if repeat == 0 else 1, spec.drop_connect_rate, self.form,
+            dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
         in_channels = stage.channels
     self.blocks = blocks
 
@@ -130,15 +126,15 @@ class EfficientNetClassifier(nn.Module):
   spec: ScalingSpec
   num_classes: int = 1000
   dropout_rate: float = 0.2
-  depthwise: str = "auto"
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    x = EfficientNetFeatures(self.spec, self.depthwise, dtype=self.dtype, name=BACKBONE)(
+    x = EfficientNetFeatures(self.spec, self.form, dtype=self.dtype, name=BACKBONE)(
         images, train)[-1]
-    x = backbone_conv(self.spec.classifier_channels, 1, name="head_conv", dtype=self.dtype)(
-        x, train)
+    x = backbone_conv(self.spec.classifier_channels, 1, name="head_conv", form=self.form,
+                      dtype=self.dtype)(x, train)
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)

@@ -9,14 +9,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models.layers import BasicBlock, ConvBN, Dtype, stored_once, upsample_nearest
+from ehrnet_jax.models.execution import ExecutionForm
+from ehrnet_jax.models.layers import BasicBlock, ConvBN, Dtype
 from ehrnet_jax.scaling import ScalingSpec
 
 
-def transition(features: int, in_features: int | None, align: int, folded_bn: bool, name: str,
+def transition(features: int, in_features: int | None, form: ExecutionForm, name: str,
                dtype: Dtype) -> ConvBN:
   return ConvBN(features, 3, use_bias=True, activation=nn.relu, in_features=in_features,
-                align=align, folded_bn=folded_bn, dtype=dtype, name=name)
+                align=form.channel_align, form=form, dtype=dtype, name=name)
 
 
 class HighResolutionModule(nn.Module):
@@ -25,70 +26,66 @@ class HighResolutionModule(nn.Module):
   Output branch i sums every input branch j brought to its resolution: j > i by 1x1 conv + BN and
   nearest upsampling, j < i by a chain of stride-2 3x3 convs (BN + ReLU between them, BN at the
   end), then ReLU. With `multi_scale_output=False` only branch 0 is produced. Branch b carries
-  `aligned(widths[b], align)` channels (see `layers.Conv`); `folded_bn` as in `layers.ConvBN`.
+  `aligned(widths[b], form.channel_align)` channels (see `layers.Conv`).
   """
   widths: tuple[int, ...]
   blocks_per_branch: int
   multi_scale_output: bool = True
-  align: int = 1
-  folded_bn: bool = False
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, branches: list[jax.Array], train: bool) -> list[jax.Array]:
     branches = list(branches)
+    form, align = self.form, self.form.channel_align
     for b, width in enumerate(self.widths):
       for k in range(self.blocks_per_branch):
-        branches[b] = BasicBlock(width, self.align, self.folded_bn, dtype=self.dtype,
+        branches[b] = BasicBlock(width, align, form, dtype=self.dtype,
                                  name=f"branch{b}_block{k}")(branches[b], train)
     outputs = []
     for i in range(len(self.widths) if self.multi_scale_output else 1):
       fused = branches[i]
       for j, x in enumerate(branches):
         if j > i:
-          x = ConvBN(self.widths[i], 1, in_features=self.widths[j], align=self.align,
-                     folded_bn=self.folded_bn, dtype=self.dtype, name=f"fuse{i}_{j}")(x, train)
-          fused = fused + upsample_nearest(x, 2 ** (j - i))
+          x = ConvBN(self.widths[i], 1, in_features=self.widths[j], align=align, form=form,
+                     dtype=self.dtype, name=f"fuse{i}_{j}")(x, train)
+          fused = fused + form.upsample_nearest(x, 2 ** (j - i))
         elif j < i:
           for step in range(i - j):
             last = step == i - j - 1
             x = ConvBN(self.widths[i] if last else self.widths[j], 3, stride=2,
                        activation=None if last else nn.relu, in_features=self.widths[j],
-                       align=self.align, folded_bn=self.folded_bn, dtype=self.dtype,
+                       align=align, form=form, dtype=self.dtype,
                        name=f"fuse{i}_{j}_step{step}")(x, train)
           fused = fused + x
-      outputs.append(stored_once(nn.relu(fused), train))
+      outputs.append(form.residual_end(nn.relu(fused), train))
     return outputs
 
 
 class HighResolutionNetwork(nn.Module):
   """Stages 2-4 with their transitions; returns the 1/4-resolution features
-  (B, H/4, W/4, aligned(w0, align)), zero beyond w0. `folded_bn` as in `layers.ConvBN`."""
+  (B, H/4, W/4, aligned(w0, form.channel_align)), zero beyond w0."""
   spec: ScalingSpec
-  align: int = 1
-  folded_bn: bool = False
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, taps: list[jax.Array], train: bool) -> jax.Array:
-    widths, align, folded, dtype = self.spec.hr_widths, self.align, self.folded_bn, self.dtype
-    branches = [transition(widths[0], None, align, folded, "trans1_branch1", dtype)(taps[0],
-                                                                                   train),
-                transition(widths[1], None, align, folded, "trans1_branch2", dtype)(taps[1],
-                                                                                   train)]
+    widths, form, dtype = self.spec.hr_widths, self.form, self.dtype
+    branches = [transition(widths[0], None, form, "trans1_branch1", dtype)(taps[0], train),
+                transition(widths[1], None, form, "trans1_branch2", dtype)(taps[1], train)]
     for stage, num_modules in enumerate(self.spec.stage_modules, start=2):
       if stage > 2:
         # Existing branches get a 3x3 transition; the new branch comes from the backbone tap.
-        branches = [transition(widths[b], widths[b], align, folded,
-                               f"trans{stage - 1}_branch{b + 1}", dtype)(x, train)
+        branches = [transition(widths[b], widths[b], form, f"trans{stage - 1}_branch{b + 1}",
+                               dtype)(x, train)
                     for b, x in enumerate(branches)]
-        branches.append(transition(widths[stage - 1], None, align, folded,
+        branches.append(transition(widths[stage - 1], None, form,
                                    f"trans{stage - 1}_branch{stage}", dtype)(taps[stage - 1],
                                                                             train))
       for m in range(num_modules):
         last = stage == 4 and m == num_modules - 1
         branches = HighResolutionModule(
             widths[:stage], self.spec.blocks_per_branch, multi_scale_output=not last,
-            align=align, folded_bn=folded, dtype=dtype, name=f"stage{stage}_module{m}")(
-                branches, train)
+            form=form, dtype=dtype, name=f"stage{stage}_module{m}")(branches, train)
     return branches[0]

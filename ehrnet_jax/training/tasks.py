@@ -17,13 +17,15 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ehrnet_jax import checkpoints, losses
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.images import normalize
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, ExecutionForm
+from ehrnet_jax.models.execution import NAMES as EXECUTION_FORMS
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant
 from ehrnet_jax.training.input import Batch, ClassificationTrainData, CocoTrainData, TrainData
 from ehrnet_jax.training.step import LossFn
@@ -32,6 +34,17 @@ from ehrnet_jax.training.step import LossFn
 EvaluateFn = Callable[[dict[str, Any], ScalingSpec], dict[str, float]]
 CLASSIFICATION_CLASSES = {"imagenet2012": 1000, "cifar100": 100}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _training_form(config: Config) -> ExecutionForm:
+  """The execution form `train.execution_form` names ("auto": the fastest on this backend)."""
+  name = config.train.execution_form
+  if name == "auto":
+    return ExecutionForm.for_backend(jax.default_backend(), train=True)
+  if name not in EXECUTION_FORMS:
+    raise UserError(f"train.execution_form={name!r}: expected auto or one of "
+                    f"{', '.join(EXECUTION_FORMS)}")
+  return ExecutionForm.named(name)
 
 
 def _compute_dtype(config: Config):
@@ -97,7 +110,8 @@ class PoseTask(Task):
     return cls(config, spec, size, spec.name)
 
   def make_model(self) -> nn.Module:
-    return EfficientHRNet(self.spec, dtype=_compute_dtype(self.config))
+    return EfficientHRNet(self.spec, _training_form(self.config),
+                          dtype=_compute_dtype(self.config))
 
   @property
   def loss_fn(self) -> LossFn:
@@ -143,7 +157,8 @@ class ClassificationTask(Task):
     return CLASSIFICATION_CLASSES[self.config.data.dataset]
 
   def make_model(self) -> nn.Module:
-    return EfficientNetClassifier(self.spec, self.num_classes, dtype=_compute_dtype(self.config))
+    return EfficientNetClassifier(self.spec, self.num_classes, form=_training_form(self.config),
+                                  dtype=_compute_dtype(self.config))
 
   @property
   def loss_fn(self) -> LossFn:
