@@ -4,7 +4,7 @@ The pose model H-phi and the classifier B-phi share the EfficientNet backbone (t
 module of both). `load_backbone(source, spec)` reads that backbone from
 
 * an ehrnet checkpoint directory: a backbone classifier (`ehrnet train` with
-  `experiments/backbone_*.py`, or `ehrnet convert ... --variant B-2`) or a pose model;
+  `experiments/backbone.py`, or `ehrnet convert ... --variant B-2`) or a pose model;
 * a `.pth`/`.npz` state dict in the narumiruna EfficientNet layout the reference expects
   (`features.*`, the reference's `MODEL.PRETRAINED`): an EfficientNet classifier or a whole
   reference pose model; the keys used and skipped are reported.

@@ -1,10 +1,15 @@
 """Training configuration: frozen dataclasses, config files and dotted command-line overrides.
 
-An experiment is a Python file (see `experiments/`) defining `get_config() -> Config`. Every field
-can be overridden with `--set SECTION.FIELD=VALUE`; the value is parsed according to the field's
-type (bool: true/false/1/0/yes/no; tuples: `200,260` or `(200, 260)`; optional fields: `none`).
+An experiment is a Python file (see `experiments/`) defining `get_config(arg) -> Config`, as
+big_vision's configs do: `FILE.py:ARG` passes the string ARG (e.g. the variant of
+`experiments/coco_pose.py:H-2`), plain `FILE.py` runs get_config() with its default (or with
+none, for experiments that take no argument). The recipes live in the experiment files; this
+module holds only the data, its parsing and the loading. Every field can be overridden with
+`--set SECTION.FIELD=VALUE`; the value is parsed according to the field's type (bool:
+true/false/1/0/yes/no; tuples: `200,260` or `(200, 260)`; optional fields: `none`).
 
-  config = load_config("experiments/h-4.py", ["train.epochs=10", "data.per_device_batch=4"])
+  config = load_config("experiments/coco_pose.py:H-4",
+                       ["train.epochs=10", "data.per_device_batch=4"])
 
 No dependency beyond the standard library; configs are immutable and hashable, so they can be
 passed to jitted functions as static arguments.
@@ -13,6 +18,8 @@ passed to jitted functions as static arguments.
 import ast
 import dataclasses
 import importlib.util
+import inspect
+import os
 import pathlib
 import types
 import typing
@@ -133,7 +140,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a training run needs; `experiments/*.py` return one of these."""
+  """Everything a training run needs; the `get_config` of `experiments/*.py` returns one."""
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   loss: LossWeights = LossWeights()
@@ -216,63 +223,57 @@ def _replace(node, path: list[str], text: str, key: str):
   return dataclasses.replace(node, **{name: parse_value(text, kind, key)})
 
 
-def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
-  """Runs the config file's `get_config()` and applies the `section.field=value` overrides."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise UserError(f"config {path}: no such file (configs live in experiments/, e.g. "
-                    f"experiments/h-4.py)")
-  module_name = "ehrnet_experiment_" + "".join(c if c.isalnum() else "_" for c in path.stem)
-  spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not callable(getattr(module, "get_config", None)):
-    raise UserError(f"config {path}: defines no get_config() function")
-  config = module.get_config()
+def split_config_arg(text: str | os.PathLike) -> tuple[pathlib.Path, str | None]:
+  """`FILE.py:ARG` -> (FILE.py, ARG); `FILE.py` -> (FILE.py, None).
+
+  The split is at the last `.py:`, so a path that holds a colon elsewhere (a Windows drive)
+  stays whole, and ARG is passed to get_config() as written (it may be empty).
+  """
+  text = os.fspath(text)
+  head, sep, arg = text.rpartition(".py:")
+  if not sep:
+    return pathlib.Path(text), None
+  return pathlib.Path(head + ".py"), arg
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+  """Runs the config file's `get_config([arg])` and applies the `section.field=value` overrides.
+
+  `path` is `FILE.py` or `FILE.py:ARG`; ARG, a string, is get_config's one argument (e.g.
+  `experiments/coco_pose.py:H-2`, the variant), and without it get_config runs with its default.
+  """
+  file, arg = split_config_arg(path)
+  get_config = _get_config_of(file)
+  args = () if arg is None else (arg,)
+  where = f"config {os.fspath(path)}"
+  try:
+    inspect.signature(get_config).bind(*args)
+  except TypeError as error:
+    raise UserError(f"{where}: " + (
+        f"get_config() needs an argument: {file}:ARG (see the file's docstring)" if arg is None
+        else f"get_config() takes no argument: use {file} without ':{arg}'")) from error
+  try:
+    config = get_config(*args)
+  except UserError as error:  # A bad ARG: say which file and argument.
+    raise UserError(f"{where}: {error}") from error
   if not isinstance(config, Config):
-    raise UserError(f"config {path}: get_config() returned {type(config).__name__}, "
+    raise UserError(f"{where}: get_config() returned {type(config).__name__}, "
                     f"expected ehrnet_jax.config.Config")
   for assignment in overrides:
     config = override(config, assignment)
   return config
 
 
-# TRAIN.IMAGES_PER_GPU of the reference's Example Configs (one GPU per process).
-REFERENCE_BATCH = {"H0": 1, "H-1": 6, "H-2": 8, "H-3": 10, "H-4": 48}
-
-
-def reference_recipe(variant: str) -> Config:
-  """The authors' recipe for one published model (Example Configs/H*.yaml).
-
-  Adam 1e-3, x0.1 at epochs 200 and 260, 300 epochs, no warm-up, loss weights 1/1/1e-3/1e-3, the
-  variant's native input size and the reference's per-device batch. The backbone trains too
-  (the reference freezes it, but over an ImageNet-pretrained backbone that this project does
-  not ship; with one in init.checkpoint, set train.freeze_backbone=true to match exactly).
-  """
-  return Config(
-      model=ModelConfig(variant=variant),
-      data=DataConfig(coco_dir="data/coco", per_device_batch=REFERENCE_BATCH[variant]),
-      run=RunConfig(log_every_steps=100, checkpoint_every_steps=2000, keep_checkpoints=3,
-                    eval_every_steps=20000))
-
-
-def classification_recipe(dataset: str, variant: str = "B0") -> Config:
-  """The paper's recipe for the backbone-only classifiers of its Table 2 (B0 ... B-4).
-
-  SGD with momentum 0.9 and weight decay 1e-4 (coupled, as PyTorch's), a linear warm-up from
-  1e-4 to 0.05 over 5 epochs, x0.1 every 30 epochs, 200 epochs; random-resized crops to the
-  variant's Table 2 input size, flips and colour jitter 0.4; top-1 on the evaluation split
-  ranks the checkpoints. 64 images per device: the global batch is that times the devices, and
-  the learning rate is not rescaled with it.
-  """
-  eval_split = {"imagenet2012": "validation", "cifar100": "test"}[dataset]
-  return Config(
-      model=ModelConfig(variant=variant),
-      data=DataConfig(dataset=dataset, per_device_batch=64, shuffle_buffer=8192,
-                      # CIFAR's evaluation takes the whole (upsampled) image, ImageNet's 87.5%.
-                      eval_crop_fraction=0.875 if dataset == "imagenet2012" else 1.0),
-      train=TrainConfig(epochs=200.0, optimizer="sgd", learning_rate=0.05, momentum=0.9,
-                        weight_decay=1e-4, warmup_epochs=5.0, warmup_init_lr=1e-4,
-                        lr_milestones=tuple(float(e) for e in range(30, 200, 30)), lr_factor=0.1),
-      run=RunConfig(log_every_steps=100, checkpoint_every_steps=2000, keep_checkpoints=3,
-                    eval_every_steps=10000, eval_split=eval_split))
+def _get_config_of(file: pathlib.Path):
+  """Imports the experiment file by its path (experiments/ is no package) -> its get_config."""
+  if not file.is_file():
+    raise UserError(f"config {file}: no such file (configs live in experiments/, e.g. "
+                    f"experiments/coco_pose.py:H-4)")
+  module_name = "ehrnet_experiment_" + "".join(c if c.isalnum() else "_" for c in file.stem)
+  spec = importlib.util.spec_from_file_location(module_name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise UserError(f"config {file}: defines no get_config() function")
+  return get_config

@@ -251,7 +251,7 @@ def _check_zero_pad_layout(state_dict: Mapping[str, np.ndarray], source: str) ->
         "reference builds (ZeroPad2d before each conv, the stem conv at features.0.1, BN eps "
         "1e-5), whose strict=False loading would skip these keys silently. Use a checkpoint of "
         "the ZeroPad layout (the authors' compact backbones), or train one with "
-        "experiments/backbone_imagenet.py")
+        "experiments/backbone.py:imagenet2012")
 
 
 def convert_classifier_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,

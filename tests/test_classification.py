@@ -17,7 +17,7 @@ import pytest
 
 from ehrnet_jax import checkpoints, losses
 from ehrnet_jax.config import (Config, DataConfig, InitConfig, ModelConfig, RunConfig,
-                               TrainConfig, classification_recipe, load_config)
+                               TrainConfig, load_config)
 from ehrnet_jax.convert import abstract_variables
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientNetClassifier
@@ -30,7 +30,7 @@ SIZE = 32
 
 
 def test_recipe_schedule_warms_up_then_decays_every_30_epochs():
-  schedule = optim.learning_rate_schedule(classification_recipe("imagenet2012").train,
+  schedule = optim.learning_rate_schedule(load_config(EXPERIMENTS / "backbone.py").train,
                                           steps_per_epoch=10)
   steps = [0, 25, 50, 299, 300, 599, 600, 1799, 1800, 1999]
   # 1e-4 -> 0.05 linearly over 5 epochs (50 steps), then x0.1 at epochs 30, 60, ..., 180.
@@ -114,7 +114,7 @@ def test_pose_task_keeps_the_pose_defaults():
 
 
 def _tiny_config(dataset: str, steps: int, per_device_batch: int = 2, **train) -> Config:
-  recipe = classification_recipe(dataset, "B-4")
+  recipe = load_config(f"{EXPERIMENTS}/backbone.py:{dataset}")
   return Config(
       model=ModelConfig(variant="B-4", input_size=SIZE),
       data=dataclasses.replace(recipe.data, per_device_batch=per_device_batch, shuffle_buffer=8),
@@ -173,16 +173,19 @@ def test_loss_falls_on_two_separable_classes(tmp_path):
   assert max(losses_by_step[-3:]) < np.log(2), losses_by_step
 
 
-@pytest.mark.parametrize("name, dataset, eval_split", [
-    ("backbone_imagenet.py", "imagenet2012", "validation"),
-    ("backbone_cifar100.py", "cifar100", "test")])
-def test_backbone_experiments_hold_the_papers_recipe(name, dataset, eval_split):
-  text = (EXPERIMENTS / name).read_text()
-  assert f"ehrnet train --config experiments/{name}" in text and "Expected" in text
-  config = load_config(EXPERIMENTS / name, ["model.variant=B-3"])
+@pytest.mark.parametrize("config_arg, dataset, eval_split, eval_crop_fraction", [
+    ("backbone.py:imagenet2012", "imagenet2012", "validation", 0.875),
+    ("backbone.py", "imagenet2012", "validation", 0.875),
+    ("backbone.py:cifar100", "cifar100", "test", 1.0)])
+def test_backbone_experiment_holds_the_papers_recipe(config_arg, dataset, eval_split,
+                                                     eval_crop_fraction):
+  assert load_config(f"{EXPERIMENTS}/{config_arg}").model.variant == "B0"
+  config = load_config(f"{EXPERIMENTS}/{config_arg}", ["model.variant=B-3"])
   train = config.train
   assert (config.data.dataset, config.run.eval_split, config.model.variant) == (
       dataset, eval_split, "B-3")
+  assert (config.data.per_device_batch, config.data.eval_crop_fraction) == (64,
+                                                                            eval_crop_fraction)
   assert (train.optimizer, train.momentum, train.weight_decay, train.learning_rate,
           train.warmup_epochs, train.warmup_init_lr, train.epochs, train.lr_factor) == (
               "sgd", 0.9, 1e-4, 0.05, 5.0, 1e-4, 200.0, 0.1)

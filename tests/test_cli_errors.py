@@ -1,6 +1,7 @@
 """Issue #8: every mistake a new user can make on the command line ends with one error line that
 names the file, flag or field and says what to do next: no traceback, exit code 2."""
 
+import pathlib
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from ehrnet_jax.scaling import ScalingSpec
 # Placeholders in the command lines: {tmp} a fresh folder holding notes.txt, garbage.onnx, empty/
 # and old/ (a TFDS dir with a version 1.0.0 build); {ckpt} an H-4 checkpoint; {coco} the bundled
 # COCO folder (split train2017 only); {weights} the bundled H-4 state dict (.npz); {image} a
-# bundled image.
+# bundled image; {experiments} the repository's experiments/ folder.
 CHECKPOINT = ["--variant", "H-4", "--checkpoint", "{ckpt}"]
 SAMPLE_COCO = ["--coco-dir", "{coco}", "--split", "train2017", "--out", "{tmp}/eval"]
 CASES = {
@@ -76,7 +77,10 @@ CASES = {
     "folder without images": (["predict", *CHECKPOINT, "--out", "{tmp}/p", "{tmp}/empty"],
                               ["empty: no images or videos in this folder", ".jpg"]),
     "missing config": (["train", "--config", "{tmp}/nope.py", "--workdir", "{tmp}/w"],
-                       ["nope.py: no such file", "experiments/h-4.py"]),
+                       ["nope.py: no such file", "experiments/coco_pose.py:H-4"]),
+    "unknown variant of the pose experiment": (
+        ["train", "--config", "{experiments}/coco_pose.py:H5", "--workdir", "{tmp}/w"],
+        ["coco_pose.py:H5: unknown variant 'H5'", "expected one of H0, H-1, H-2, H-3, H-4"]),
     "missing demo config": (["demo", "--config", "{tmp}/nope.py", "--workdir", "{tmp}/w"],
                             ["nope.py: no such config", "--config"]),
     # Flags
@@ -132,7 +136,8 @@ def places(h4_variables, tmp_path_factory) -> dict[str, str]:
   ckpt = checkpoints.save_variables(tmp_path_factory.mktemp("ckpt") / "H-4", h4_variables,
                                     ScalingSpec.from_name("H-4"))
   return {"ckpt": str(ckpt), "coco": str(samples.coco_dir()),
-          "weights": str(samples.reference_weights()), "image": str(samples.images()[0])}
+          "weights": str(samples.reference_weights()), "image": str(samples.images()[0]),
+          "experiments": str(pathlib.Path(__file__).resolve().parents[1] / "experiments")}
 
 
 @pytest.fixture

@@ -3,17 +3,17 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from ehrnet_jax import cli
-from ehrnet_jax.config import Config, load_config, override, parse_value
+from ehrnet_jax.config import Config, load_config, override, parse_value, split_config_arg
 from ehrnet_jax.errors import UserError
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 # The reference's Example Configs (docs: reference-architecture.md section 1.5):
 # variant -> (DATASET.INPUT_SIZE, TRAIN.IMAGES_PER_GPU).
-REFERENCE = {"h0.py": ("H0", 512, 1), "h-1.py": ("H-1", 480, 6), "h-2.py": ("H-2", 448, 8),
-             "h-3.py": ("H-3", 416, 10), "h-4.py": ("H-4", 384, 48)}
+REFERENCE = {"H0": (512, 1), "H-1": (480, 6), "H-2": (448, 8), "H-3": (416, 10), "H-4": (384, 48)}
 
 
 @pytest.mark.parametrize("text, kind, expected", [
@@ -52,49 +52,94 @@ def test_override_errors(assignment, message):
     override(Config(), assignment)
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_model_configs_follow_the_reference(name):
+@pytest.mark.parametrize("config_arg, variant", [
+    *((f"coco_pose.py:{name}", name) for name in REFERENCE), ("coco_pose.py", "H-4")])
+def test_pose_experiment_follows_the_reference(config_arg, variant):
+  from ehrnet_jax.training.optim import learning_rate_schedule
   from ehrnet_jax.training.tasks import make_task
-  variant, input_size, batch = REFERENCE[name]
-  config = load_config(EXPERIMENTS / name)
+  input_size, batch = REFERENCE[variant]
+  config = load_config(f"{EXPERIMENTS}/{config_arg}")
   task = make_task(config)
   assert (task.spec.name, task.input_size, config.data.per_device_batch) == (variant, input_size,
                                                                             batch)
+  assert (config.data.dataset, config.data.coco_dir, config.data.split) == ("coco", "data/coco",
+                                                                           "train")
   train = config.train
-  assert (train.learning_rate, train.lr_milestones, train.lr_factor, train.epochs,
-          train.warmup_epochs) == (1e-3, (200.0, 260.0), 0.1, 300.0, 0.0)
+  assert (train.optimizer, train.learning_rate, train.lr_milestones, train.lr_factor,
+          train.epochs, train.warmup_epochs, train.weight_decay, train.freeze_backbone) == (
+              "adam", 1e-3, (200.0, 260.0), 0.1, 300.0, 0.0, 0.0, False)
   assert (config.loss.heatmap_4, config.loss.heatmap_2, config.loss.pull,
           config.loss.push) == (1.0, 1.0, 1e-3, 1e-3)
+  # 10 steps an epoch: 1e-3 until epoch 200, 1e-4 until 260, then 1e-5.
+  schedule = learning_rate_schedule(train, steps_per_epoch=10)
+  np.testing.assert_allclose([schedule(s) for s in (0, 1999, 2000, 2599, 2600, 2999)],
+                             [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)  # float32
+  assert (config.run.eval_every_steps, config.run.eval_split,
+          config.run.keep_checkpoints) == (20000, "validation", 3)
 
 
-@pytest.mark.parametrize("name", ["smoke.py", "overfit_coco_mini.py", *sorted(REFERENCE)])
-def test_configs_document_their_command_and_expectation(name):
-  config = load_config(EXPERIMENTS / name)
-  assert isinstance(config, Config)
+@pytest.mark.parametrize("name, command", [
+    ("smoke.py", "experiments/smoke.py"),
+    ("overfit_coco_mini.py", "experiments/overfit_coco_mini.py"),
+    ("coco_pose.py", "experiments/coco_pose.py:H-4"),
+    ("backbone.py", "experiments/backbone.py:imagenet2012"),
+    ("backbone.py", "experiments/backbone.py:cifar100")])
+def test_configs_document_their_command_and_expectation(name, command):
+  assert isinstance(load_config(EXPERIMENTS.parent / command), Config)
   text = (EXPERIMENTS / name).read_text()
-  assert f"ehrnet train --config experiments/{name}" in text and "Expected" in text
+  assert f"ehrnet train --config {command} " in text and "Expected" in text
+
+
+@pytest.mark.parametrize("text, path, arg", [
+    ("experiments/coco_pose.py:H-4", "experiments/coco_pose.py", "H-4"),
+    ("experiments/coco_pose.py", "experiments/coco_pose.py", None),
+    ("experiments/coco_pose.py:", "experiments/coco_pose.py", ""),
+    ("C:/runs/x.py/coco_pose.py:phi=-2.5", "C:/runs/x.py/coco_pose.py", "phi=-2.5"),
+    (pathlib.Path("a/smoke.py"), "a/smoke.py", None),
+])
+def test_split_config_arg(text, path, arg):
+  assert split_config_arg(text) == (pathlib.Path(path), arg)
+
+
+@pytest.mark.parametrize("config_arg, message", [
+    ("coco_pose.py:H-5", r"coco_pose.py:H-5: unknown variant 'H-5'; expected one of H0, H-1, "
+                         r"H-2, H-3, H-4$"),
+    ("coco_pose.py:h-4", "unknown variant 'h-4'"),
+    ("backbone.py:imagenet", r"backbone.py:imagenet: unknown dataset 'imagenet'; expected one of "
+                             r"imagenet2012, cifar100$"),
+    ("smoke.py:H-4",
+     r"smoke.py:H-4: get_config\(\) takes no argument: use .*smoke.py without ':H-4'"),
+])
+def test_bad_experiment_argument_names_the_file_and_the_choices(config_arg, message):
+  with pytest.raises(UserError, match=message):
+    load_config(EXPERIMENTS / config_arg)
 
 
 def test_load_config_errors(tmp_path):
-  with pytest.raises(UserError, match="no such file"):
-    load_config(tmp_path / "missing.py")
+  with pytest.raises(UserError, match="missing.py: no such file .* experiments/coco_pose.py:H-4"):
+    load_config(tmp_path / "missing.py:H-4")
   (tmp_path / "bad.py").write_text("x = 1\n")
   with pytest.raises(UserError, match="defines no get_config"):
     load_config(tmp_path / "bad.py")
+  (tmp_path / "needs_arg.py").write_text("def get_config(arg):\n  return arg\n")
+  with pytest.raises(UserError, match=r"get_config\(\) needs an argument: .*needs_arg.py:ARG"):
+    load_config(tmp_path / "needs_arg.py")
+  with pytest.raises(UserError, match=r"needs_arg.py:x: get_config\(\) returned str, expected"):
+    load_config(tmp_path / "needs_arg.py:x")
 
 
 def test_cli_print_config_applies_overrides(capsys):
-  code = cli.main(["train", "--config", str(EXPERIMENTS / "h-4.py"), "--workdir", "/unused",
+  code = cli.main(["train", "--config", f"{EXPERIMENTS}/coco_pose.py:H-2", "--workdir", "/unused",
                    "--set", "train.epochs=10", "--set", "data.per_device_batch=4",
                    "--print-config"])
   printed = json.loads(capsys.readouterr().out)
   assert code == 0
   assert printed["train"]["epochs"] == 10.0 and printed["data"]["per_device_batch"] == 4
-  assert printed["model"]["variant"] == "H-4"
+  assert printed["model"]["variant"] == "H-2"
 
 
 def test_cli_reports_bad_override_without_traceback(capsys):
-  code = cli.main(["train", "--config", str(EXPERIMENTS / "h-4.py"), "--workdir", "/unused",
+  code = cli.main(["train", "--config", f"{EXPERIMENTS}/coco_pose.py", "--workdir", "/unused",
                    "--set", "train.epochs=ten", "--print-config"])
   assert code == 2
   assert "train.epochs: cannot read 'ten' as float" in capsys.readouterr().err

@@ -35,6 +35,7 @@ def run(args) -> int:
 
   from ehrnet_jax import samples  # pylint: disable=import-outside-toplevel
   from ehrnet_jax.cli import main  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.config import split_config_arg  # pylint: disable=import-outside-toplevel
   from ehrnet_jax.errors import UserError  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(args.workdir)
@@ -43,7 +44,7 @@ def run(args) -> int:
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  if not pathlib.Path(args.config).is_file():
+  if not split_config_arg(args.config)[0].is_file():
     raise UserError(f"{args.config}: no such config; run `ehrnet demo` from the repository root "
                     "or pass --config")
   steps = [

@@ -6,13 +6,16 @@ import json
 
 EXAMPLE = """examples:
   ehrnet train --config experiments/smoke.py --workdir /tmp/smoke
-  ehrnet train --config experiments/h-4.py --workdir runs/h-4 \\
+  ehrnet train --config experiments/coco_pose.py:H-4 --workdir runs/H-4 \\
       --set data.coco_dir=~/data/coco --set data.tfds_dir=~/tensorflow_datasets/coco
-  ehrnet train --config experiments/h-4.py --workdir runs/h-4 --print-config
-  ehrnet train --config experiments/backbone_imagenet.py --set model.variant=B-2 \\
+  ehrnet train --config experiments/coco_pose.py:H-4 --workdir runs/H-4 --print-config
+  ehrnet train --config experiments/backbone.py:imagenet2012 --set model.variant=B-2 \\
       --set data.manual_dir=~/imagenet --workdir runs/B-2      (backbone classifier, Table 2)
-  ehrnet train --config experiments/h-2.py --workdir runs/h-2 \\
+  ehrnet train --config experiments/coco_pose.py:H-2 --workdir runs/H-2 \\
       --set init.checkpoint=runs/B-2/variables                 (pose from that backbone)
+
+--config FILE.py:ARG passes ARG to the file's get_config(arg) (coco_pose.py: the variant,
+backbone.py: the dataset); FILE.py alone runs get_config with its default.
 
 Every config field can be overridden with --set SECTION.FIELD=VALUE (repeatable), e.g.
 --set train.epochs=10 --set train.lr_milestones=5,8 --set train.freeze_backbone=true.
@@ -29,8 +32,9 @@ def register(subparsers) -> None:
   parser = subparsers.add_parser(
       "train", help="train a model from an experiment config (resumes from --workdir)",
       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, metavar="FILE",
-                      help="experiment config file, e.g. experiments/h-4.py")
+  parser.add_argument("--config", required=True, metavar="FILE[:ARG]",
+                      help="experiment config file and its argument, e.g. "
+                           "experiments/coco_pose.py:H-4")
   parser.add_argument("--workdir", required=True, metavar="DIR",
                       help="checkpoints, logs and the trained model go here")
   parser.add_argument("--set", action="append", default=[], dest="overrides",

@@ -3,7 +3,7 @@
 Two recipes share these functions: the reference's pose training (Adam, 1e-3, x0.1 at epochs 200
 and 260, no warm-up, no weight decay; the config defaults) and the paper's backbone classification
 (SGD with momentum 0.9 and weight decay 1e-4, a linear warm-up from 1e-4 to 0.05 over 5 epochs,
-x0.1 every 30 epochs; `experiments/backbone_*.py`).
+x0.1 every 30 epochs; `experiments/backbone.py`).
 
 Steps are optimiser steps; epochs are converted with `steps_per_epoch`. Backbone freezing is an
 `optax.multi_transform` that gives the backbone `set_to_zero` (no optimiser state is stored for
