@@ -38,13 +38,12 @@ def run(args) -> int:
 
   import jax
 
-  from ehrnet_jax import benchmark
-  from ehrnet_jax.models import EfficientHRNet
+  from ehrnet_jax import timing
+  from ehrnet_jax.models import EfficientHRNet, init_variables
   from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec
-  from ehrnet_jax.training.state import init_variables
   # pylint: enable=import-outside-toplevel
 
-  rows = [f"Machine: {benchmark.machine_description()}.",
+  rows = [f"Machine: {timing.machine_description()}.",
           f"Command: `{shlex.join(['ehrnet', *sys.argv[1:]])}`.",
           "",
           "| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
@@ -55,16 +54,16 @@ def run(args) -> int:
     size = args.size or spec.input_size
     spec.check_input_shape(size, size)
     variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
-    latency = benchmark.time_network(spec, 1, (size, size), repeats=args.repeats,
+    latency = timing.time_network(spec, 1, (size, size), repeats=args.repeats,
                                      warmup=args.warmup, depthwise=args.depthwise,
                                      variables=variables)
-    throughput = benchmark.time_network(spec, args.batch, (size, size),
+    throughput = timing.time_network(spec, args.batch, (size, size),
                                         repeats=max(3, args.repeats // 4), warmup=1,
                                         depthwise=args.depthwise, variables=variables)
     rows.append(f"| {spec.name} | {size} | {latency.compile_s:.1f} | "
                 f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
     print(rows[-1], flush=True)
   if args.write != "none":
-    benchmark.replace_section(args.write, BEGIN, END, "\n".join(rows))
+    timing.replace_section(args.write, BEGIN, END, "\n".join(rows))
     print(f"wrote the table to {args.write}")
   return 0
