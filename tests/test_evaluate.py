@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ehrnet_jax import cli
+from ehrnet_jax import cli, inference
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_evaluation, grouping, jax_decoder, transforms
 

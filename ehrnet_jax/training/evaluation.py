@@ -30,7 +30,7 @@ class CocoEvaluator:
   def __init__(self, tfds_dir: str, split: str, input_size: int, max_images: int = 0):
     # TensorFlow and pycocotools: import only when used.
     from ehrnet_jax.inference import coco_evaluation
-    self._evaluate = evaluate
+    self._evaluate = coco_evaluation
     self._source = coco_evaluation.tfds_dataset(tfds_dir, split, max_images or None)
     self._input_size = input_size
     self._estimator = None
