@@ -64,13 +64,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ehrnet_jax import losses  # noqa: E402
-from ehrnet_jax.benchmark import machine_description  # noqa: E402
 from ehrnet_jax.config import TrainConfig  # noqa: E402
 from ehrnet_jax.data import targets  # noqa: E402
-from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm  # noqa: E402
+from ehrnet_jax.models import (EfficientHRNet, ExecutionForm, fold_batch_norm,  # noqa: E402
+                               init_variables)
 from ehrnet_jax.scaling import ScalingSpec  # noqa: E402
+from ehrnet_jax.timing import machine_description  # noqa: E402
 from ehrnet_jax.training import optim, step as step_lib  # noqa: E402
-from ehrnet_jax.training.state import create_train_state, init_variables  # noqa: E402
+from ehrnet_jax.training.state import create_train_state  # noqa: E402
 from ehrnet_jax.xla_options import inference_compiler_options  # noqa: E402
 import train_step  # noqa: E402  (benchmarks/: the synthetic batch)
 

@@ -29,14 +29,14 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import onnxruntime
 
-from ehrnet_jax import checkpoints, convert, inference, keypoints, samples, transforms
+from ehrnet_jax import convert, inference, keypoints, samples, weights
 from ehrnet_jax.export import network, onnx as onnx_export, tensorrt
-from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
-from ehrnet_jax.onnx_runtime import OnnxNetwork
+from ehrnet_jax.inference import transforms
+from ehrnet_jax.inference.onnx_decoder import OnnxNetwork
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm, init_variables
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
 
@@ -45,14 +45,11 @@ def variables_for(spec, checkpoint, reference_dir):
   """A checkpoint's weights, else the fixture's (the authors' model, random weights), else
   `torch_like_random` weights."""
   if checkpoint:
-    return checkpoints.load_variables(checkpoint, spec)[0]
+    return weights.load_variables(checkpoint, spec)[0]
   fixture = pathlib.Path(reference_dir) / f"{spec.name}_state_dict.npz"
   if fixture.is_file():
     return convert.convert_state_dict(convert.load_state_dict(fixture), spec)
-  size = spec.input_size
-  variables = jax.jit(lambda key: EfficientHRNet(spec).init(
-      key, jnp.zeros((1, size, size, 3)), train=False))(jax.random.key(0))
-  return torch_like_random(variables)
+  return torch_like_random(init_variables(EfficientHRNet(spec), jax.random.key(0)))
 
 
 def torch_like_random(variables, seed=0):

@@ -3,7 +3,8 @@
 Usage:
   python benchmarks/grouping.py [--shared ../shared] [--repeats 7]
 
-Times `ehrnet_jax.group.parse` on the maps of `fixtures/reference/grouping_cases.npz` the way the
+Times `ehrnet_jax.inference.grouping.parse` on the maps of
+`fixtures/reference/grouping_cases.npz` the way the
 reference parser was timed (1 warm-up call, then the median of `--repeats` calls per case), checks
 that every result equals `grouping_expected.json`, and prints a Markdown table. The reference
 figures are the ones measured on the same 2-core machine (fixtures/reference/README.md §2).
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from ehrnet_jax import group
+from ehrnet_jax.inference import grouping
 
 REFERENCE_MEDIAN_MS = 441.0   # median over the 12 cases of the reference's per-case medians
 
@@ -37,13 +38,13 @@ def main():
   medians = []
   for index, want in enumerate(expected):
     heatmaps, tags = cases[f"heatmaps_{index}"][0], cases[f"tags_{index}"][0]
-    people, scores = group.parse(heatmaps, tags)   # warm-up, and the parity check
+    people, scores = grouping.parse(heatmaps, tags)   # warm-up, and the parity check
     np.testing.assert_allclose(people, np.asarray(want["parsed"]).reshape(people.shape), atol=1e-5)
     np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
     times = []
     for _ in range(args.repeats):
       start = time.perf_counter()
-      group.parse(heatmaps, tags)
+      grouping.parse(heatmaps, tags)
       times.append((time.perf_counter() - start) * 1e3)
     medians.append(statistics.median(times))
     w, h = want["heatmap_size_wh"]

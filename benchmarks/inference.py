@@ -24,25 +24,22 @@ import time
 import jax
 import numpy as np
 
-from ehrnet_jax import decode
-from ehrnet_jax import evaluate
-from ehrnet_jax import group
-from ehrnet_jax import inference
-from ehrnet_jax import keypoints
-from ehrnet_jax.models import EfficientHRNet
+from ehrnet_jax import inference, keypoints
+from ehrnet_jax.inference import coco_evaluation, grouping, jax_decoder, transforms
+from ehrnet_jax.models import EfficientHRNet, init_variables
 from ehrnet_jax.scaling import ScalingSpec
-from ehrnet_jax.training.state import init_variables
 
 
 def random_estimator(variant: str, scales, flip: bool) -> inference.PoseEstimator:
   spec = ScalingSpec.from_name(variant)
   variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
-  decoder = decode.network_decoder(spec, variables, keypoints.COCO.flip_index if flip else None)
+  decoder = jax_decoder.network_decoder(spec, variables,
+                                        keypoints.COCO.flip_index if flip else None)
   return inference.PoseEstimator(decoder, spec.input_size, scales)
 
 
 def fixture_grouping_ms(reference: pathlib.Path) -> float:
-  """Median over the 12 fixture cases of the median of 3 `group.parse` calls."""
+  """Median over the 12 fixture cases of the median of 3 `grouping.parse` calls."""
   cases = np.load(reference / "grouping_cases.npz")
   medians = []
   for index in range(len(cases["image_ids"])):
@@ -50,7 +47,7 @@ def fixture_grouping_ms(reference: pathlib.Path) -> float:
     times = []
     for _ in range(3):
       start = time.perf_counter()
-      group.parse(heatmaps, tags)
+      grouping.parse(heatmaps, tags)
       times.append(1e3 * (time.perf_counter() - start))
     medians.append(statistics.median(times))
   return statistics.median(medians)
@@ -72,17 +69,17 @@ def main():
   scales = tuple(float(s) for s in args.scales.split(","))
   flip = not args.no_flip
   if args.onnx:
-    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
-    estimator = onnx_runtime.onnx_estimator(args.onnx, None, scales, flip)
+    from ehrnet_jax.inference import onnx_decoder  # pylint: disable=import-outside-toplevel
+    estimator = onnx_decoder.onnx_estimator(args.onnx, None, scales, flip)
   elif args.checkpoint:
-    estimator = inference.jax_estimator(args.checkpoint, args.variant, scales, flip)
+    estimator = jax_decoder.jax_estimator(args.checkpoint, args.variant, scales, flip)
   else:
     estimator = random_estimator(args.variant, scales, flip)
   coco_mini = args.shared / "data" / "coco-mini"
   annotations = json.loads(
       (coco_mini / "annotations" / "person_keypoints_train2017.json").read_text())["annotations"]
   with_people = {a["image_id"] for a in annotations if a["num_keypoints"] > 0}
-  source = evaluate.coco_folder(coco_mini, "train2017", args.images, with_people)
+  source = coco_evaluation.coco_folder(coco_mini, "train2017", args.images, with_people)
 
   print(f"{args.variant}, scales {scales}, flip {flip}, jax {jax.__version__} on "
         f"{jax.devices()[0].platform}; median of {args.repeats} runs after one compile run")
@@ -96,18 +93,19 @@ def main():
       start = time.process_time()
       runs.append(estimator([image])[0])
       cpu.append(1e3 * (time.process_time() - start))
-    median = {p: 1e3 * statistics.median(r.seconds[p] for r in runs) for p in evaluate.PARTS}
+    median = {p: 1e3 * statistics.median(r.seconds[p] for r in runs) for p in coco_evaluation.PARTS}
     median["cpu"] = statistics.median(cpu)
     per_image.append(median)
-    size = inference.transforms.multi_scale_size(image.shape[1::-1], estimator.input_size, 1.0,
+    size = transforms.multi_scale_size(image.shape[1::-1], estimator.input_size, 1.0,
                                                  min(scales)).size_wh
     print(f"| {image_id} | {size[0]}×{size[1]} | {len(runs[0].people)} | "
-          + " | ".join(f"{median[p]:.0f}" for p in (*evaluate.PARTS, "cpu")) + " |")
-  overall = {p: statistics.median(m[p] for m in per_image) for p in evaluate.PARTS}
-  grouping = fixture_grouping_ms(args.shared / "fixtures" / "reference")
-  print("\nmedian per image: " + ", ".join(f"{p} {overall[p]:.0f} ms" for p in evaluate.PARTS))
-  print(f"grouping on the fixture's realistic maps: {grouping:.0f} ms -> end to end "
-        f"{overall['network'] + overall['decode'] + grouping:.0f} ms per image")
+          + " | ".join(f"{median[p]:.0f}" for p in (*coco_evaluation.PARTS, "cpu")) + " |")
+  overall = {p: statistics.median(m[p] for m in per_image) for p in coco_evaluation.PARTS}
+  grouping_ms = fixture_grouping_ms(args.shared / "fixtures" / "reference")
+  print("\nmedian per image: "
+        + ", ".join(f"{p} {overall[p]:.0f} ms" for p in coco_evaluation.PARTS))
+  print(f"grouping on the fixture's realistic maps: {grouping_ms:.0f} ms -> end to end "
+        f"{overall['network'] + overall['decode'] + grouping_ms:.0f} ms per image")
 
 
 if __name__ == "__main__":

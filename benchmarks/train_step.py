@@ -32,12 +32,12 @@ import jax
 import numpy as np
 
 from ehrnet_jax import losses
-from ehrnet_jax.benchmark import machine_description
 from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.data import targets
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.models.execution import NAMES as FORMS
 from ehrnet_jax.scaling import ScalingSpec
+from ehrnet_jax.timing import machine_description
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
 

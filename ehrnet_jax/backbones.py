@@ -17,7 +17,7 @@ the source model's.
 import pathlib
 from typing import Any, Callable
 
-from ehrnet_jax import checkpoints
+from ehrnet_jax import weights
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import backbone_variables
 from ehrnet_jax.scaling import ScalingSpec
@@ -26,11 +26,11 @@ Variables = dict[str, Any]
 
 
 def _from_checkpoint(directory: pathlib.Path, spec: ScalingSpec) -> tuple[Variables, str]:
-  if checkpoints.is_classifier(directory):
-    variables, source_spec, _ = checkpoints.load_classifier(directory)
+  if weights.is_classifier(directory):
+    variables, source_spec, _ = weights.load_classifier(directory)
     name = source_spec.classifier_name
   else:
-    variables, source_spec = checkpoints.load_variables(directory)
+    variables, source_spec = weights.load_variables(directory)
     name = source_spec.name
   if not spec.same_backbone(source_spec):
     raise UserError(f"{directory} holds {name}, whose backbone differs from {spec.name}'s; use "

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier, backbone_variables
+from ehrnet_jax.models import (BACKBONE, EfficientHRNet, EfficientNetClassifier, abstract_variables,
+                               backbone_variables)
 from ehrnet_jax.scaling import ScalingSpec
 
 Path = tuple[str, ...]
@@ -129,15 +130,6 @@ def classifier_key_map(spec: ScalingSpec) -> list[Entry]:
           ("classifier.1", ("classifier",), DENSE)]
 
 
-def abstract_variables(spec: ScalingSpec, num_classes: int | None = None) -> dict:
-  """Shapes and dtypes of the variables (no computation) of the pose model, or with
-  `num_classes` of the backbone classifier."""
-  model = EfficientHRNet(spec) if num_classes is None else EfficientNetClassifier(spec,
-                                                                                   num_classes)
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-
-
 def normalise_state_dict(state_dict: Mapping, source: str) -> dict[str, np.ndarray]:
   """Unwraps `{"state_dict": ...}` and strips DataParallel/DDP `module.` prefixes."""
   if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
@@ -238,8 +230,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: ScalingSpec,
 
   Raises `UserError` listing every missing, unexpected or mis-shaped key by name.
   """
-  variables, _ = _convert(state_dict, key_map(spec), abstract_variables(spec), source,
-                          f"variant {spec.name}")
+  variables, _ = _convert(state_dict, key_map(spec), abstract_variables(EfficientHRNet(spec)),
+                          source, f"variant {spec.name}")
   return variables
 
 
@@ -264,7 +256,7 @@ def convert_classifier_state_dict(state_dict: Mapping[str, np.ndarray], spec: Sc
                     "an EfficientNet classifier of narumiruna/efficientnet-pytorch?")
   num_classes = int(np.shape(state_dict["classifier.1.weight"])[0])
   variables, _ = _convert(state_dict, classifier_key_map(spec),
-                          abstract_variables(spec, num_classes), source,
+                          abstract_variables(EfficientNetClassifier(spec, num_classes)), source,
                           f"classifier {spec.classifier_name}")
   return variables, num_classes
 
@@ -278,7 +270,7 @@ def convert_backbone_state_dict(state_dict: Mapping[str, np.ndarray], spec: Scal
   layer, a pose model's HR network and head). Missing or mis-shaped backbone keys raise.
   """
   _check_zero_pad_layout(state_dict, source)
-  target = backbone_variables(abstract_variables(spec))
+  target = backbone_variables(abstract_variables(EfficientHRNet(spec)))
   variables, used = _convert(state_dict, list(backbone_key_map(spec)), target, source,
                              f"the backbone of {spec.name}", allow_unused=True)
   skipped = sorted(set(state_dict) - set(used))

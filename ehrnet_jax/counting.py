@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from ehrnet_jax.models import BACKBONE, EfficientHRNet, EfficientNetClassifier, ExecutionForm
+from ehrnet_jax.models import (BACKBONE, EfficientHRNet, EfficientNetClassifier, ExecutionForm,
+                               abstract_variables)
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -61,7 +62,7 @@ def _macs(jaxpr) -> tuple[int, int]:
 def _counts(model, height: int, width: int, with_flops: bool) -> tuple[dict, dict]:
   """(variables shapes, {"params", "conv_macs", "paper_flops"[, "flops"]}) of `model` at batch 1."""
   images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  variables = abstract_variables(model)
   apply = lambda v, x: model.apply(v, x, train=False)
   true_macs, output_macs = _macs(jax.make_jaxpr(apply)(variables, images).jaxpr)
   counts = {"params": count_params(variables["params"]), "conv_macs": true_macs,

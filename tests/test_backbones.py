@@ -1,12 +1,11 @@
 """Backbone classifiers B0 ... B-4: variants, checkpoint import and loading into the pose model."""
 
-import json
 
 import jax
 import numpy as np
 import pytest
 
-from ehrnet_jax import backbones, checkpoints, convert, samples
+from ehrnet_jax import backbones, convert, samples, weights
 from ehrnet_jax.cli import main
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
@@ -102,9 +101,9 @@ def test_converted_classifier_backbone_loads_into_the_pose_model_unchanged(
   np.savez(source, **_narumiruna_classifier(_reference_state_dict()))
   out = tmp_path / "B-4"
   assert main(["convert", str(source), "--variant", "B-4", "--out", str(out)]) == 0
-  metadata = json.loads((out / "ehrnet.json").read_text())
+  metadata = weights.read_metadata(out)
   assert (metadata["variant"], metadata["num_classes"]) == ("B-4", NUM_CLASSES)
-  classifier_variables, spec, num_classes = checkpoints.load_classifier(out)
+  classifier_variables, spec, num_classes = weights.load_classifier(out)
   assert (spec, num_classes) == (H4, NUM_CLASSES)
 
   # The pose model built on the reference H-4 weights gets the classifier's backbone.
@@ -136,7 +135,7 @@ def test_a_classifier_checkpoint_is_not_a_pose_model_and_backbones_must_match(tm
   assert main(["convert", str(source), "--variant", "B-4", "--out", str(out)]) == 0
   with pytest.raises(UserError, match="backbone classifier B-4, not a pose model.*"
                                       "init.checkpoint="):
-    checkpoints.load_variables(out)
+    weights.load_variables(out)
   with pytest.raises(UserError, match="B-4, whose backbone differs from H-3's"):
     backbones.load_backbone(out, ScalingSpec.from_name("H-3"))
   with pytest.raises(UserError, match="no such checkpoint directory or state-dict file"):

@@ -15,12 +15,11 @@ import numpy as np
 import optax
 import pytest
 
-from ehrnet_jax import checkpoints, losses
+from ehrnet_jax import losses, weights
 from ehrnet_jax.config import (Config, DataConfig, InitConfig, ModelConfig, RunConfig,
                                TrainConfig, load_config)
-from ehrnet_jax.convert import abstract_variables
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientNetClassifier
+from ehrnet_jax.models import EfficientNetClassifier, abstract_variables
 from ehrnet_jax.training import loop, optim, tasks
 from ehrnet_jax.training.evaluation import top_k_hits
 from test_classification_support import TinyClassifier, mock_classification_tfds
@@ -140,9 +139,9 @@ def test_one_step_end_to_end_on_mock_tfds(tmp_path, dataset, num_classes):
   for key in ("eval/top1", "eval/top5"):
     assert 0.0 <= evaluation[key] <= 1.0 and evaluation[key] * 6 == pytest.approx(
         round(evaluation[key] * 6))
-  metadata = checkpoints.read_metadata(tmp_path / "run" / "variables")
+  metadata = weights.read_metadata(tmp_path / "run" / "variables")
   assert (metadata["variant"], metadata["num_classes"]) == ("B-4", num_classes)
-  assert checkpoints.read_metadata(tmp_path / "run" / "best")["num_classes"] == num_classes
+  assert weights.read_metadata(tmp_path / "run" / "best")["num_classes"] == num_classes
 
 
 class _TwoColours:
@@ -199,7 +198,7 @@ def test_classifier_checkpoint_backbone_initialises_a_pose_model(tmp_path):
                                 data=DataConfig(dataset="cifar100")))
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(x.dtype),
-                           abstract_variables(task.spec, num_classes=100))
+                           abstract_variables(EfficientNetClassifier(task.spec, 100)))
   task.save(str(tmp_path / "b-4"), variables, source="test")
   pose = tasks.make_task(Config(model=ModelConfig(variant="H-4", input_size=64),
                                 init=InitConfig(checkpoint=str(tmp_path / "b-4"))))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ehrnet_jax import samples
+from ehrnet_jax import samples, weights
 from ehrnet_jax.cli import build_parser, main
 import coco_testing
 
@@ -43,7 +43,7 @@ def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch
                "--set", f"init.checkpoint={workdir / 'H-4_reference'}",
                "--set", "init.backbone_only=false"]) == 0
   printed = capsys.readouterr().out
-  assert (workdir / "H-4_reference" / "ehrnet.json").is_file()
+  assert weights.read_metadata(workdir / "H-4_reference")["variant"] == "H-4"
   metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
   evaluated = json.loads((workdir / "evaluate" / "results.json").read_text())
   assert metrics["num_images"] == 7 and metrics["num_people"] == len(evaluated) > 0

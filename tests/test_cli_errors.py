@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from ehrnet_jax import checkpoints
-from ehrnet_jax import samples
+from ehrnet_jax import samples, weights
 from ehrnet_jax.cli import main
 from ehrnet_jax.scaling import ScalingSpec
 
@@ -133,7 +132,7 @@ ARGPARSE_CASES = {
 
 @pytest.fixture(scope="module")
 def places(h4_variables, tmp_path_factory) -> dict[str, str]:
-  ckpt = checkpoints.save_variables(tmp_path_factory.mktemp("ckpt") / "H-4", h4_variables,
+  ckpt = weights.save_variables(tmp_path_factory.mktemp("ckpt") / "H-4", h4_variables,
                                     ScalingSpec.from_name("H-4"))
   return {"ckpt": str(ckpt), "coco": str(samples.coco_dir()),
           "weights": str(samples.reference_weights()), "image": str(samples.images()[0]),

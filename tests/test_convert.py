@@ -4,9 +4,10 @@ import json
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from ehrnet_jax import checkpoints, convert
+from ehrnet_jax import convert, weights
 from ehrnet_jax.cli import main
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
@@ -112,14 +113,14 @@ def test_weights_of_another_variant_are_rejected(reference_dir):
 def test_convert_command_writes_a_checkpoint_that_loads_back(tmp_path, h4_variables, capsys):
   out = tmp_path / "H-4"
   assert main(["convert", str(_bundled()), "--variant", "H-4", "--out", str(out)]) == 0
-  variables, spec = checkpoints.load_variables(out, ScalingSpec.from_name("H-4"))
+  variables, spec = weights.load_variables(out, ScalingSpec.from_name("H-4"))
   assert spec.name == "H-4"
   jax.tree.map(np.testing.assert_array_equal, variables, h4_variables)
   # A second conversion to the same place refuses to overwrite, and the wrong variant is named.
   assert main(["convert", str(_bundled()), "--variant", "H-4", "--out", str(out)]) == 2
   assert "already exists" in capsys.readouterr().err
   with pytest.raises(UserError, match="holds variant H-4"):
-    checkpoints.load_variables(out, ScalingSpec.from_name("H-2"))
+    weights.load_variables(out, ScalingSpec.from_name("H-2"))
 
 
 def test_unreadable_sources_are_clear_errors(tmp_path):
@@ -137,10 +138,36 @@ def _bundled():
 
 
 def test_checkpoint_whose_variables_do_not_fit_its_spec_is_a_clear_error(tmp_path, h4_variables):
-  directory = checkpoints.save_variables(tmp_path / "ck", h4_variables, ScalingSpec.from_name("H-4"))
-  metadata = json.loads((directory / checkpoints.METADATA_FILE).read_text())
-  (directory / checkpoints.METADATA_FILE).write_text(json.dumps({**metadata, "phi": -2.0}))
+  directory = weights.save_variables(tmp_path / "ck", h4_variables, ScalingSpec.from_name("H-2"))
   with pytest.raises(UserError, match="do not fit H-2"):
-    checkpoints.load_variables(directory)
-  with pytest.raises(UserError, match="not an ehrnet checkpoint"):
-    checkpoints.load_variables(tmp_path)
+    weights.load_variables(directory)
+  for not_a_checkpoint in (tmp_path, tmp_path / "missing"):
+    with pytest.raises(UserError, match=f"{not_a_checkpoint} is not an ehrnet checkpoint"):
+      weights.load_variables(not_a_checkpoint)
+
+
+def test_overwrite_replaces_a_checkpoint_and_only_when_asked(tmp_path, h4_variables):
+  h4 = ScalingSpec.from_name("H-4")
+  directory = weights.save_variables(tmp_path / "ck", h4_variables, h4, source="first")
+  with pytest.raises(UserError, match="already exists"):
+    weights.save_variables(directory, h4_variables, h4)
+  zeros = jax.tree.map(np.zeros_like, h4_variables)
+  weights.save_variables(directory, zeros, h4, source="second", overwrite=True)
+  variables, _ = weights.load_variables(directory, h4)
+  jax.tree.map(np.testing.assert_array_equal, variables, zeros)
+  assert weights.read_metadata(directory)["source"] == "second"
+  assert [p.name for p in tmp_path.iterdir()] == ["ck"]   # no temporary directory left behind
+
+
+def test_format_1_checkpoints_still_load(tmp_path, h4_variables):
+  """The layout written before the metadata became an orbax item: `variables/` saved by
+  `ocp.StandardCheckpointer` and the metadata in `ehrnet.json` beside it."""
+  directory = tmp_path / "old"
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / "variables", h4_variables)
+  checkpointer.wait_until_finished()
+  (directory / "ehrnet.json").write_text(json.dumps(
+      {"format": "ehrnet_jax.variables/1", "variant": "H-4", "phi": -4.0, "source": "old"}))
+  variables, spec = weights.load_variables(directory, ScalingSpec.from_name("H-4"))
+  assert spec.name == "H-4" and weights.read_metadata(directory)["source"] == "old"
+  jax.tree.map(np.testing.assert_array_equal, variables, h4_variables)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import data_testing
-from ehrnet_jax import transforms
 from ehrnet_jax.data import pipeline, targets
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import transforms
 
 SIZE = 64  # Small input: the pipeline logic, not the pixels, is under test here.
 

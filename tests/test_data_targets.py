@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from ehrnet_jax import keypoints, transforms
+from ehrnet_jax import keypoints
 from ehrnet_jax.data import augment, targets
+from ehrnet_jax.inference import transforms
 
 
 def reference_heatmaps(positions: np.ndarray, size: int, sigma: float = 2.0) -> np.ndarray:

@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import coco_results
-from ehrnet_jax import decode
-from ehrnet_jax import group
 from ehrnet_jax import inference
 from ehrnet_jax import keypoints
-from ehrnet_jax import transforms
+from ehrnet_jax.inference import coco_results, grouping, jax_decoder, transforms
 
 FLIP = keypoints.COCO.flip_index
 J = keypoints.COCO.num_joints
@@ -44,7 +41,7 @@ def test_nms_top_k_matches_reference(reference_dir):
   cases = np.load(reference_dir / "grouping_cases.npz")
   heatmaps, tags = cases[f"heatmaps_{case}"], cases[f"tags_{case}"]
   # Exact: NMS and top-k only select and copy the stored float32 values, no arithmetic.
-  xy, values, candidate_tags = map(np.asarray, decode.nms_top_k(heatmaps, tags, 30, 5))
+  xy, values, candidate_tags = map(np.asarray, jax_decoder.nms_top_k(heatmaps, tags, 30, 5))
   for joint, want in enumerate(expected["topk_above_threshold"]):
     above = values[0, joint] > 0.1
     got = np.concatenate([xy[0, joint][above], values[0, joint][above, None],
@@ -67,7 +64,7 @@ def _toy_network(images, xp):
 
 def _jax_decoder(flip=True, **kwargs):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  return decode.JaxDecoder(lambda _, x: _toy_network(x, jnp), None,
+  return jax_decoder.JaxDecoder(lambda _, x: _toy_network(x, jnp), None,
                            flip_index=FLIP if flip else None, **kwargs)
 
 
@@ -166,7 +163,7 @@ def test_oracle_maps_reach_ap_095(coco_mini_dir):
     mirrored = [m[:, :, ::-1][..., np.asarray(FLIP)] for m in rendered]
     return [jnp.concatenate([m, f]) for m, f in zip(rendered, mirrored)]
 
-  decoder = decode.JaxDecoder(oracle_network, None, flip_index=FLIP)
+  decoder = jax_decoder.JaxDecoder(oracle_network, None, flip_index=FLIP)
   results = []
   for image_id in image_ids:
     info = ground_truth.imgs[image_id]
@@ -181,7 +178,7 @@ def test_oracle_maps_reach_ap_095(coco_mini_dir):
     heat_2, _ = _render(points, size_hw, 2)
     decoder.variables = tuple(m[None] for m in (heat_4, tags_4, heat_2))
     maps = decoder([(1.0, np.zeros((1, *size_hw, 3), np.uint8))], size_hw)
-    found, scores = group.parse(maps.heatmaps[0], maps.tags[0], candidates=maps.candidates[0])
+    found, scores = grouping.parse(maps.heatmaps[0], maps.tags[0], candidates=maps.candidates[0])
     found = transforms.map_to_image(found, size.center, size.scale, size.size_wh)
     results += coco_results.person_results(image_id, found, scores)
   stats = coco_results.evaluate_keypoints(ground_truth, results, image_ids)

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ehrnet_jax import cli
-from ehrnet_jax import evaluate
-from ehrnet_jax import group
-from ehrnet_jax import inference
-from ehrnet_jax import transforms
+from ehrnet_jax import cli, inference
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import coco_evaluation, grouping, jax_decoder, transforms
 
 # Two coco-mini images of the same size (one network compilation): 640x427 -> 576x384.
 IMAGE_IDS = (183872, 211325)
@@ -52,7 +49,7 @@ def test_evaluate_command_writes_results_and_metrics(checkpoint, mini_split, tmp
   assert set(metrics["ms_per_image"]) == {"network", "decode", "grouping", "total"}
   # The metrics are pycocotools' on the written results.
   ground_truth = COCO(str(mini_split / "annotations" / "person_keypoints_mini.json"))
-  from ehrnet_jax import coco_results  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.inference import coco_results  # pylint: disable=import-outside-toplevel
   expected = coco_results.evaluate_keypoints(ground_truth, results)
   assert {k: metrics[k] for k in coco_results.STAT_NAMES} == expected
   assert {r["image_id"] for r in results} <= set(IMAGE_IDS)
@@ -64,12 +61,12 @@ def test_evaluate_command_writes_results_and_metrics(checkpoint, mini_split, tmp
 
 def test_device_candidates_give_the_same_people_as_host_grouping(checkpoint, coco_mini_dir):
   """The JAX path (NMS/top-k on device) equals grouping the same maps entirely on the host."""
-  estimator = inference.jax_estimator(checkpoint, "H-4")
+  estimator = jax_decoder.jax_estimator(checkpoint, "H-4")
   image = inference.read_image(coco_mini_dir / "train2017" / "000000183872.jpg")
   poses = estimator([image])[0]
   size = transforms.multi_scale_size(image.shape[1::-1], 384, 1.0, 1.0)
   maps = estimator.decoder([(1.0, transforms.warp_image(image, size)[None])], size.size_wh[::-1])
-  people, scores = group.parse(maps.heatmaps[0], maps.tags[0])
+  people, scores = grouping.parse(maps.heatmaps[0], maps.tags[0])
   assert len(people) > 0
   np.testing.assert_array_equal(scores, poses.scores)
   np.testing.assert_allclose(transforms.map_to_image(people, size.center, size.scale,
@@ -85,7 +82,7 @@ def test_checkpoint_of_another_variant_is_a_clear_error(checkpoint, mini_split, 
 
 def test_missing_split_names_the_annotation_file(tmp_path):
   with pytest.raises(UserError, match="person_keypoints_val2017.json"):
-    evaluate.coco_folder(tmp_path, "val2017")
+    coco_evaluation.coco_folder(tmp_path, "val2017")
 
 
 @pytest.mark.parametrize("scales, message", [("0.5,1.5", "must include 1"),

@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 
 import data_testing
-from ehrnet_jax import checkpoints
-from ehrnet_jax import cli
-from ehrnet_jax import coco_results
-from ehrnet_jax import evaluate
-from ehrnet_jax import inference
-from ehrnet_jax import samples
+from ehrnet_jax import cli, samples, weights
+from ehrnet_jax.inference import coco_evaluation, coco_results, jax_decoder
 from ehrnet_jax.scaling import ScalingSpec
 
 
@@ -41,16 +37,16 @@ def _by_image(ground_truth):
 
 def test_same_images_in_the_same_order_with_max_images(sample_coco, sample_tfds):
   for max_images in (None, 3):
-    folder = evaluate.coco_folder(sample_coco, "val2017", max_images)
-    tfds = evaluate.tfds_dataset(sample_tfds, "val2017", max_images)
+    folder = coco_evaluation.coco_folder(sample_coco, "val2017", max_images)
+    tfds = coco_evaluation.tfds_dataset(sample_tfds, "val2017", max_images)
     assert tfds.image_ids == folder.image_ids == sorted(folder.ground_truth.imgs)[:max_images]
     assert sorted(i for i, _ in tfds.images()) == tfds.image_ids
     assert sorted(tfds.ground_truth.imgs) == tfds.image_ids
 
 
 def test_ground_truth_is_the_json_annotations_crowds_included(sample_coco, sample_tfds):
-  folder = evaluate.coco_folder(sample_coco, "val2017").ground_truth
-  tfds = evaluate.tfds_dataset(sample_tfds, "val2017").ground_truth
+  folder = coco_evaluation.coco_folder(sample_coco, "val2017").ground_truth
+  tfds = coco_evaluation.tfds_dataset(sample_tfds, "val2017").ground_truth
   assert _by_image(tfds) == _by_image(folder)  # Exact: float64 boxes and areas, json order.
   assert sum(a["iscrowd"] and not a["num_keypoints"] for a in tfds.dataset["annotations"]) == 3
 
@@ -60,14 +56,14 @@ def test_a_detection_on_a_crowd_is_ignored_with_both_sources(sample_coco, sample
   region scored above them. pycocotools ignores a detection matched to a crowd: AP 1 (without the
   crowd in the ground truth it is a false positive ranked first: AP 0.75)."""
   image_id = 433998
-  folder = evaluate.coco_folder(sample_coco, "val2017").ground_truth
+  folder = coco_evaluation.coco_folder(sample_coco, "val2017").ground_truth
   anns = folder.imgToAnns[image_id]
   people = np.asarray([a["keypoints"] for a in anns if a["num_keypoints"]]).reshape(-1, 17, 3)
   x, y, w, h = next(a["bbox"] for a in anns if a["iscrowd"])
   on_crowd = np.tile([x + w / 2, y + h / 2, 1.0], (1, 17, 1))
   results = coco_results.person_results(image_id, np.concatenate([on_crowd, people]),
                                         np.linspace(1.0, 0.5, len(people) + 1))
-  tfds = evaluate.tfds_dataset(sample_tfds, "val2017").ground_truth
+  tfds = coco_evaluation.tfds_dataset(sample_tfds, "val2017").ground_truth
   stats = [coco_results.evaluate_keypoints(gt, results, [image_id]) for gt in (folder, tfds)]
   assert stats[0] == stats[1] and stats[0]["AP"] == stats[0]["AR"] == 1.0
 
@@ -76,8 +72,8 @@ def test_evaluate_data_dir_gives_the_coco_dir_results(sample_coco, sample_tfds, 
                                                       tmp_path, monkeypatch):
   """The bundled H-4 weights on the first image by id (no crowd region), both sources."""
   # Both runs share one estimator (the network compiles once); the sources differ.
-  monkeypatch.setattr(inference, "jax_estimator", functools.cache(inference.jax_estimator))
-  checkpoint = checkpoints.save_variables(tmp_path / "H-4", h4_variables,
+  monkeypatch.setattr(jax_decoder, "jax_estimator", functools.cache(jax_decoder.jax_estimator))
+  checkpoint = weights.save_variables(tmp_path / "H-4", h4_variables,
                                           ScalingSpec.from_name("H-4"))
   outputs = {}
   for name, source in (("coco", ["--coco-dir", str(sample_coco)]),

@@ -9,15 +9,12 @@ import onnx
 import onnxruntime
 import pytest
 
-from ehrnet_jax import checkpoints
-from ehrnet_jax import cli
+from ehrnet_jax import cli, samples, weights
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import onnx_runtime
-from ehrnet_jax import samples
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.export import network
+from ehrnet_jax.export import network, tensorrt
 from ehrnet_jax.export import onnx as onnx_export
-from ehrnet_jax.export import tensorrt
+from ehrnet_jax.inference import onnx_decoder
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 import coco_testing
@@ -46,7 +43,7 @@ def assert_close(found, expected):
 
 @pytest.fixture(scope="module")
 def h4_checkpoint(h4_variables, tmp_path_factory):
-  return checkpoints.save_variables(tmp_path_factory.mktemp("export") / "ckpt", h4_variables,
+  return weights.save_variables(tmp_path_factory.mktemp("export") / "ckpt", h4_variables,
                                     SPEC)
 
 
@@ -110,7 +107,7 @@ def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path
   model = onnx_export.export_onnx(SPEC, h4_variables, options, opset=18)
   assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 128, 96]
   assert not {node.op_type for node in model.graph.node} & {"BatchNormalization", "Sqrt"}
-  backend = onnx_runtime.OnnxNetwork(onnx_export.save(model, tmp_path / "h4.onnx"))
+  backend = onnx_decoder.OnnxNetwork(onnx_export.save(model, tmp_path / "h4.onnx"))
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (2, 96, 64, 3), np.uint8)
   padded = np.zeros((2, 128, 96, 3), np.uint8)
@@ -130,7 +127,7 @@ def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
   assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, 128, 96, 3]
   images = np.random.default_rng(2).normal(size=(3, 128, 96, 3)).astype(np.float32)
   found = serve(images=tf.constant(images))
-  variables, _ = checkpoints.load_variables(h4_checkpoint)
+  variables, _ = weights.load_variables(h4_checkpoint)
   for name, expected in zip(network.OUTPUT_NAMES, jax_outputs(variables, images)):
     assert_close(found[name].numpy(), expected)
   metadata = json.loads((out / "assets.extra" / "ehrnet.json").read_text())

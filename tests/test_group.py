@@ -5,10 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ehrnet_jax import coco_results
-from ehrnet_jax import group
 from ehrnet_jax import keypoints
-from ehrnet_jax import transforms
+from ehrnet_jax.inference import coco_results, grouping, transforms
 
 NUM_CASES = 12
 
@@ -29,7 +27,7 @@ def _people(value, tag_dim=2):
 
 
 def test_settings_are_the_defaults(expected):
-  settings, config = expected["settings"], group.GroupingConfig()
+  settings, config = expected["settings"], grouping.GroupingConfig()
   assert settings["DETECTION_THRESHOLD"] == config.detection_threshold
   assert settings["TAG_THRESHOLD"] == config.tag_threshold
   assert settings["MAX_NUM_PEOPLE"] == config.max_num_people
@@ -42,24 +40,24 @@ def test_grouping_matches_reference(case, cases, expected):
   want = expected["cases"][case]
   heatmaps, tags = cases[f"heatmaps_{case}"][0], cases[f"tags_{case}"][0]
 
-  candidates = group.top_k_candidates(heatmaps, tags)
+  candidates = grouping.top_k_candidates(heatmaps, tags)
   for joint, want_joint in enumerate(want["topk_above_threshold"]):
     above = candidates.values[joint] > 0.1
     got = np.concatenate([candidates.xy[joint][above], candidates.values[joint][above, None],
                           candidates.tags[joint][above]], axis=1)
     np.testing.assert_array_equal(got, np.asarray(want_joint, np.float32).reshape(-1, 5))
 
-  matched = group.match_by_tag(candidates, keypoints.COCO.grouping_order)
+  matched = grouping.match_by_tag(candidates, keypoints.COCO.grouping_order)
   np.testing.assert_array_equal(matched, _people(want["matched"]).astype(np.float32))
-  adjusted = group.adjust(matched, heatmaps)
+  adjusted = grouping.adjust(matched, heatmaps)
   np.testing.assert_array_equal(adjusted, _people(want["adjusted"]).astype(np.float32))
-  scores = group.person_scores(adjusted)
+  scores = grouping.person_scores(adjusted)
   np.testing.assert_allclose(scores, want["scores"], rtol=0, atol=1e-5)
-  refined = group.refine(adjusted, heatmaps, tags)
+  refined = grouping.refine(adjusted, heatmaps, tags)
   np.testing.assert_allclose(refined, _people(want["parsed"]), rtol=0, atol=1e-5)
 
   # The one-call API gives the same, and so does the mapping to the image.
-  people, parse_scores = group.parse(heatmaps, tags)
+  people, parse_scores = grouping.parse(heatmaps, tags)
   np.testing.assert_array_equal(people, refined)
   np.testing.assert_array_equal(parse_scores, scores)
   final = transforms.map_to_image(people, want["center"], want["scale"], want["heatmap_size_wh"])
@@ -107,15 +105,15 @@ def test_refine_equals_full_scan_on_dense_maps(size_hw, quantise):
   tags = transforms.resize_bilinear(np.moveaxis(coarse, -1, 1), (h, w)).transpose(0, 2, 3, 1)
   if quantise:
     heatmaps, tags = np.round(heatmaps * 4) / 4, np.round(tags)
-  config = group.GroupingConfig(refine=False, detection_threshold=0.2)
-  people, _ = group.parse(heatmaps, np.ascontiguousarray(tags), config=config)
+  config = grouping.GroupingConfig(refine=False, detection_threshold=0.2)
+  people, _ = grouping.parse(heatmaps, np.ascontiguousarray(tags), config=config)
   assert len(people) > 3 and (people[:, :, 2] == 0).any()
-  np.testing.assert_array_equal(group.refine(people, heatmaps, tags, tile=16),
+  np.testing.assert_array_equal(grouping.refine(people, heatmaps, tags, tile=16),
                                 _refine_by_full_scan(people, heatmaps, tags))
 
 
 def test_no_detection_gives_no_people():
   heatmaps = np.full((17, 64, 96), 0.05, np.float32)
-  people, scores = group.parse(heatmaps, np.zeros((17, 64, 96, 2), np.float32))
+  people, scores = grouping.parse(heatmaps, np.zeros((17, 64, 96, 2), np.float32))
   assert people.shape == (0, 17, 5) and scores.shape == (0,)
   assert coco_results.person_results(1, people, scores) == []

@@ -1,11 +1,20 @@
-"""The model, the training step, the decoder and the trainer's writer work without TensorFlow,
-TFDS, pycocotools and jax2onnx (as on a GPU machine with JAX only): those are imported only by
-data building, COCO evaluation and export."""
+"""Import boundaries.
+
+- The model, the training step, the decoder and the trainer's writer work without TensorFlow,
+  TFDS, pycocotools and jax2onnx (as on a GPU machine with JAX only): those are imported only by
+  data building, COCO evaluation and export.
+- The library's modules import each other without cycles, and the floors hold: `models` below
+  the inference package, the inference package below `training` and `commands`; the inference
+  core (image -> people with any backend) imports neither JAX nor onnxruntime nor a decoder of
+  one. Checked on the source (`import_graph`), lazy imports included.
+"""
 
 import pathlib
 import subprocess
 import sys
 
+import import_graph
+import pytest
 from without_packages import GPU_MACHINE_ABSENT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ehrnet_jax import config, counting, decode, inference, losses, models, scaling
+from ehrnet_jax import config, counting, inference, losses, models, scaling
 from ehrnet_jax.data import targets
+from ehrnet_jax.inference import jax_decoder
 from ehrnet_jax.training import optim, state, step, writers
 
 tx = optim.make_optimizer(config.TrainConfig(), steps_per_epoch=10)
@@ -57,7 +67,7 @@ assert int(train_state.step) == 1 and float(metrics["heatmap_4"]) > 0
 # stand-in network with every joint at one spot, grouping, back to the image).
 heatmaps = np.zeros((1, 17, 8, 8), np.float32)
 heatmaps[0, :, 2, 3] = 0.9
-xy, values, _ = decode.nms_top_k(jnp.asarray(heatmaps), jnp.zeros((1, 17, 8, 8, 1)), 2, 3)
+xy, values, _ = jax_decoder.nms_top_k(jnp.asarray(heatmaps), jnp.zeros((1, 17, 8, 8, 1)), 2, 3)
 assert xy[0, 0, 0].tolist() == [3, 2] and float(values[0, 0, 0]) == np.float32(0.9)
 
 
@@ -90,3 +100,55 @@ def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx
                           capture_output=True, text=True, timeout=600,  # a hang guard
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+GRAPH = import_graph.project_graph()
+INFERENCE = "ehrnet_jax.inference"
+BACKENDS = {f"{INFERENCE}.jax_decoder", f"{INFERENCE}.onnx_decoder"}
+# Reads COCO evaluation images from the TFDS build through the TensorFlow input pipeline (which
+# uses JAX) when asked to; its own imports are checked below.
+TFDS_SOURCE = f"{INFERENCE}.coco_evaluation"
+CORE = sorted(m for m in GRAPH if m.split(".")[:2] == ["ehrnet_jax", "inference"]
+              and m not in BACKENDS | {TFDS_SOURCE})
+
+
+def _floor(module: str) -> str:
+  return module.split(".")[1] if "." in module else module
+
+
+def test_the_library_has_no_import_cycles():
+  assert import_graph.cycles(GRAPH) == []
+
+
+def test_the_checker_finds_a_cycle_through_a_lazy_import(tmp_path, monkeypatch):
+  package = tmp_path / "ehrnet_jax"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  (package / "a.py").write_text("from ehrnet_jax import b\n")
+  (package / "b.py").write_text("def f():\n  from ehrnet_jax.a import g\n")
+  monkeypatch.setattr(import_graph, "ROOT", package)
+  assert import_graph.cycles(import_graph.project_graph()) == [["ehrnet_jax.a", "ehrnet_jax.b"]]
+
+
+@pytest.mark.parametrize("floor, above", [
+    ("models", {"inference", "training", "commands", "export"}),
+    ("inference", {"training", "commands"}),
+])
+def test_lower_floors_do_not_import_higher_ones(floor, above):
+  crossing = sorted((m, t) for m, targets in GRAPH.items() if _floor(m) == floor
+                    for t in targets if _floor(t) in above)
+  assert crossing == []
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_inference_core_imports_no_backend(module):
+  reached = import_graph.reachable(GRAPH, module) | {module}
+  assert reached & BACKENDS == set()
+  imports = import_graph.imports()
+  third_party = set().union(*(imports[m] for m in reached))
+  assert third_party & {"jax", "jaxlib", "flax", "onnxruntime"} == set()
+
+
+def test_coco_evaluation_imports_jax_only_for_the_tfds_source():
+  imports = import_graph.imports()[TFDS_SOURCE]
+  assert imports & (BACKENDS | {"jax", "flax", "onnxruntime"}) == set()

@@ -92,7 +92,7 @@ def test_quickstart(tmp_path, monkeypatch):
 
 
 def test_train(tmp_path, monkeypatch):
-  from ehrnet_jax import checkpoints
+  from ehrnet_jax import weights
   from ehrnet_jax.config import load_config
   notebook, result = execute("02_train", tmp_path, monkeypatch)
   smoke = load_config(REPO / "experiments" / "smoke.py").to_dict()
@@ -107,7 +107,7 @@ def test_train(tmp_path, monkeypatch):
   for label, ap in result["ap"].items():
     assert ap == coco_testing.keypoint_ap(samples.annotation_file(), result["results"][label],
                                           result["image_ids"]), label
-  variables, spec = checkpoints.load_variables(result["trained_checkpoint"])
+  variables, spec = weights.load_variables(result["trained_checkpoint"])
   assert spec.name == "H-4" and "params" in variables
   assert images_shown(notebook) >= 2   # the loss plot, before/after pictures
 

@@ -1,4 +1,5 @@
-"""`ehrnet_jax.onnx_runtime` on hand-built ONNX graphs: layouts, static batches, padding, errors.
+"""`ehrnet_jax.inference.onnx_decoder` on hand-built ONNX graphs: layouts, static batches,
+padding, errors.
 
 The exported network itself is checked against JAX in `test_export.py` (including the black
 padding); here a tiny graph with known outputs (average pooling of the images) tests the
@@ -20,9 +21,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import onnx_runtime
 from ehrnet_jax import samples
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import onnx_decoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def _pool(x, s):
 
 @pytest.mark.parametrize("batch, layout", [(None, "NHWC"), (2, "NCHW"), (1, "NHWC")])
 def test_any_batch_and_smaller_images_give_nhwc_maps(tmp_path, batch, layout):
-  network = onnx_runtime.OnnxNetwork(_pooling_model(tmp_path / "m.onnx", batch, layout))
+  network = onnx_decoder.OnnxNetwork(_pooling_model(tmp_path / "m.onnx", batch, layout))
   assert network.info.image_hw == (64, 32) and network.info.input_size == 384
   rng = np.random.default_rng(0)
   images = images_lib.normalize(rng.integers(0, 256, (3, 48, 24, 3), np.uint8))
@@ -86,7 +87,7 @@ def test_any_batch_and_smaller_images_give_nhwc_maps(tmp_path, batch, layout):
 
 
 def test_too_large_images_name_the_size_to_export(tmp_path):
-  network = onnx_runtime.OnnxNetwork(_pooling_model(tmp_path / "m.onnx", None, "NHWC"))
+  network = onnx_decoder.OnnxNetwork(_pooling_model(tmp_path / "m.onnx", None, "NHWC"))
   message = r"up to 32x64 \(WxH\) but this one needs 48x96.*--size 96x48"
   with pytest.raises(UserError, match=message):
     network(np.zeros((1, 96, 48, 3), np.float32))
@@ -94,23 +95,23 @@ def test_too_large_images_name_the_size_to_export(tmp_path):
 
 def test_bad_model_files_are_named(tmp_path):
   with pytest.raises(UserError, match="no such ONNX file"):
-    onnx_runtime.OnnxNetwork(tmp_path / "missing.onnx")
+    onnx_decoder.OnnxNetwork(tmp_path / "missing.onnx")
   (tmp_path / "garbage.onnx").write_bytes(b"not a model")
   with pytest.raises(UserError, match="garbage.onnx: onnxruntime cannot load"):
-    onnx_runtime.OnnxNetwork(tmp_path / "garbage.onnx")
+    onnx_decoder.OnnxNetwork(tmp_path / "garbage.onnx")
   plain = _pooling_model(tmp_path / "plain.onnx", None, "NHWC", metadata=False)
   with pytest.raises(UserError, match="plain.onnx: not an ONNX model written by `ehrnet export`"):
-    onnx_runtime.OnnxNetwork(plain)
+    onnx_decoder.OnnxNetwork(plain)
   with pytest.raises(UserError, match="holds variant H-4, not H0"):
-    onnx_runtime.onnx_estimator(_pooling_model(tmp_path / "m.onnx", None, "NHWC"), "H0")
+    onnx_decoder.onnx_estimator(_pooling_model(tmp_path / "m.onnx", None, "NHWC"), "H0")
 
 
 def test_unavailable_device_is_an_error():
-  if "CUDAExecutionProvider" in onnx_runtime.onnxruntime.get_available_providers():
+  if "CUDAExecutionProvider" in onnx_decoder.onnxruntime.get_available_providers():
     pytest.skip("this onnxruntime has CUDA")
   with pytest.raises(UserError, match="--device cuda: onnxruntime here has no CUDA"):
-    onnx_runtime.session_providers("cuda")
-  assert onnx_runtime.session_providers("cpu") == ["CPUExecutionProvider"]
+    onnx_decoder.session_providers("cuda")
+  assert onnx_decoder.session_providers("cpu") == ["CPUExecutionProvider"]
 
 
 # Runs `ehrnet` with the given top-level modules unimportable; prints the exit code and the

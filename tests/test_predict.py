@@ -1,6 +1,7 @@
 """`ehrnet predict`: images, folders and videos -> JSON and drawings; bad inputs."""
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -9,11 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ehrnet_jax import cli
-from ehrnet_jax import inference
-from ehrnet_jax import keypoints
-from ehrnet_jax import predict
+from ehrnet_jax import cli, inference, keypoints
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import predict
 
 J = keypoints.COCO.num_joints
 IMAGE = "000000183872.jpg"
@@ -100,9 +99,11 @@ def test_predict_maps_peaks_back_to_the_image_without_jax(tmp_path):
 
 
 def test_host_path_does_not_import_jax():
-  code = ("import sys; from ehrnet_jax import predict, inference, group, aggregate, "
-          "coco_results, transforms; assert 'jax' not in sys.modules, 'jax imported'")
-  subprocess.run([sys.executable, "-c", code], check=True)
+  code = ("import sys; from ehrnet_jax.inference import predict, grouping, aggregation, "
+          "coco_results, transforms, host_decoder; "
+          "assert 'jax' not in sys.modules, 'jax imported'; "
+          "assert predict.__file__.startswith(sys.argv[1]), predict.__file__")
+  subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parents[1])], check=True)
 
 
 def test_grayscale_and_rgba_images_are_read_as_rgb(tmp_path):

@@ -7,7 +7,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
-from ehrnet_jax import checkpoints
+from ehrnet_jax import weights
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ehrnet_jax.training import loop
 from ehrnet_jax.training.checkpointing import Checkpointer
@@ -72,7 +72,7 @@ def test_logs_checkpoints_best_and_resume(tmp_path):
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit()) == [2, 6]
   assert checkpointer.best_step() == 2
-  assert checkpoints.read_spec(tmp_path / "best").name == "H-4"
+  assert weights.read_spec(tmp_path / "best").name == "H-4"
   final = ocp.StandardCheckpointer().restore(tmp_path / "variables" / "variables")
   np.testing.assert_array_equal(final["params"]["head_4"]["kernel"],
                                 state.params["head_4"]["kernel"])
@@ -84,7 +84,7 @@ def test_logs_checkpoints_best_and_resume(tmp_path):
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
   # APs 0.4 and 0.45 after the resume do not beat step 2's 0.5: best/ is still step 2's.
-  best = json.loads((tmp_path / "best" / checkpoints.METADATA_FILE).read_text())
+  best = weights.read_metadata(tmp_path / "best")
   assert best["source"].endswith("step 2")
 
 

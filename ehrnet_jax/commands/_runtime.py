@@ -44,7 +44,7 @@ def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = No
   any slow work)."""
   scales, flip = parse_scales(args.scales), not args.no_flip
   if args.backend == "onnx":
-    from ehrnet_jax import onnx_runtime  # pylint: disable=import-outside-toplevel
-    return onnx_runtime.onnx_estimator(model, args.variant, scales, flip, args.device)
-  from ehrnet_jax import inference  # pylint: disable=import-outside-toplevel
-  return inference.jax_estimator(model, args.variant, scales, flip, bucket)
+    from ehrnet_jax.inference import onnx_decoder  # pylint: disable=import-outside-toplevel
+    return onnx_decoder.onnx_estimator(model, args.variant, scales, flip, args.device)
+  from ehrnet_jax.inference import jax_decoder  # pylint: disable=import-outside-toplevel
+  return jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket)

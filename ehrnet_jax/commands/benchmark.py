@@ -40,13 +40,12 @@ def run(args) -> int:
 
   import jax
 
-  from ehrnet_jax import benchmark
-  from ehrnet_jax.models import EfficientHRNet, ExecutionForm
+  from ehrnet_jax import timing
+  from ehrnet_jax.models import EfficientHRNet, ExecutionForm, init_variables
   from ehrnet_jax.scaling import VARIANT_NAMES, ScalingSpec
-  from ehrnet_jax.training.state import init_variables
   # pylint: enable=import-outside-toplevel
 
-  rows = [f"Machine: {benchmark.machine_description()}.",
+  rows = [f"Machine: {timing.machine_description()}.",
           f"Command: `{shlex.join(['ehrnet', *sys.argv[1:]])}`.",
           "",
           "| variant | input | compile (s) | latency b=1 median (ms) | min (ms) | "
@@ -58,15 +57,15 @@ def run(args) -> int:
     size = args.size or spec.input_size
     spec.check_input_shape(size, size)
     variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
-    latency = benchmark.time_network(spec, 1, (size, size), repeats=args.repeats,
-                                     warmup=args.warmup, form=form, variables=variables)
-    throughput = benchmark.time_network(spec, args.batch, (size, size),
+    latency = timing.time_network(spec, 1, (size, size), repeats=args.repeats,
+                                  warmup=args.warmup, form=form, variables=variables)
+    throughput = timing.time_network(spec, args.batch, (size, size),
                                         repeats=max(3, args.repeats // 4), warmup=1,
                                         form=form, variables=variables)
     rows.append(f"| {spec.name} | {size} | {latency.compile_s:.1f} | "
                 f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
     print(rows[-1], flush=True)
   if args.write != "none":
-    benchmark.replace_section(args.write, BEGIN, END, "\n".join(rows))
+    timing.replace_section(args.write, BEGIN, END, "\n".join(rows))
     print(f"wrote the table to {args.write}")
   return 0

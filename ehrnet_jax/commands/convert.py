@@ -31,11 +31,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  from ehrnet_jax import checkpoints, convert  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import convert, weights  # pylint: disable=import-outside-toplevel
   from ehrnet_jax.scaling import (  # pylint: disable=import-outside-toplevel
       CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant)
 
-  checkpoints.check_new_directory(args.out, args.overwrite)  # Before the conversion, not after it.
+  weights.check_new_directory(args.out, args.overwrite)  # Before the conversion, not after it.
   state_dict = convert.load_state_dict(args.source)
   if args.variant in CLASSIFIER_VARIANTS:
     spec, _ = classifier_variant(args.variant)
@@ -46,7 +46,7 @@ def run(args) -> int:
     spec, num_classes = ScalingSpec.from_name(args.variant), None
     variables = convert.convert_state_dict(state_dict, spec, source=args.source)
     name = spec.name
-  directory = checkpoints.save_variables(args.out, variables, spec, source=str(args.source),
+  directory = weights.save_variables(args.out, variables, spec, source=str(args.source),
                                          overwrite=args.overwrite, num_classes=num_classes)
   print(f"converted {len(state_dict)} arrays of {args.source} ({name}) -> {directory}")
   return 0

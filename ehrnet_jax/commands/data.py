@@ -39,8 +39,7 @@ _SPLIT_ALIASES = {"train2017": "train", "val2017": "validation"}
 
 
 def run(args: argparse.Namespace) -> int:
-  from ehrnet_jax.data import coco_tfds  # pylint: disable=g-import-not-at-top
-  from ehrnet_jax.data import stats  # pylint: disable=g-import-not-at-top
+  from ehrnet_jax.data import coco_tfds, stats  # pylint: disable=g-import-not-at-top
 
   split = _SPLIT_ALIASES.get(args.split, args.split)
   builder = coco_tfds.build(args.coco_dir, args.data_dir, config=args.config)
@@ -60,8 +59,8 @@ def write_contact_sheet(args: argparse.Namespace, builder, split: str) -> None:
   import cv2  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ehrnet_jax import visualize  # pylint: disable=g-import-not-at-top
   from ehrnet_jax.data import pipeline, targets  # pylint: disable=g-import-not-at-top
+  from ehrnet_jax.inference import drawing  # pylint: disable=g-import-not-at-top
 
   iterator = pipeline.train_iterator(
       args.data_dir, input_size=args.input_size, per_device_batch=args.samples, num_devices=1,
@@ -76,11 +75,11 @@ def write_contact_sheet(args: argparse.Namespace, builder, split: str) -> None:
     people = host["keypoints_2"][i].astype(np.float64)
     people[..., :2] = people[..., :2] * 2 + 0.5
     people = people[people[..., 2].any(axis=-1)]
-    tiles += [visualize.label(visualize.draw_people(image, people, keypoint_set, 0.5),
+    tiles += [drawing.label(drawing.draw_people(image, people, keypoint_set, 0.5),
                               f"#{i} people {len(people)}"),
-              visualize.label(visualize.overlay_mask(image, host["mask_2"][i]), "ignored"),
-              visualize.label(visualize.overlay_heatmaps(image, device["heatmaps_2"][i]),
+              drawing.label(drawing.overlay_mask(image, host["mask_2"][i]), "ignored"),
+              drawing.label(drawing.overlay_heatmaps(image, device["heatmaps_2"][i]),
                               "heatmaps 1/2")]
-  sheet = visualize.contact_sheet(tiles, columns=6)
+  sheet = drawing.contact_sheet(tiles, columns=6)
   if not cv2.imwrite(args.contact_sheet, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
     raise UserError(f"{args.contact_sheet}: cannot write the PNG")

@@ -29,14 +29,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  import pathlib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import json
+  import pathlib
 
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
 
-  from ehrnet_jax import samples  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.cli import main  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.config import split_config_arg  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import convert, samples, weights
+  from ehrnet_jax.config import load_config, split_config_arg
+  from ehrnet_jax.errors import UserError
+  from ehrnet_jax.inference import coco_evaluation, jax_decoder, predict
+  from ehrnet_jax.scaling import ScalingSpec
+  from ehrnet_jax.training import loop
+  # pylint: enable=import-outside-toplevel
 
   workdir = pathlib.Path(args.workdir)
   # Evaluation and prediction compile the same programs: let the second reuse the first's (in
@@ -47,26 +52,38 @@ def run(args) -> int:
   if not split_config_arg(args.config)[0].is_file():
     raise UserError(f"{args.config}: no such config; run `ehrnet demo` from the repository root "
                     "or pass --config")
-  steps = [
-      ("convert the authors' H-4 weights",
-       ["convert", str(samples.reference_weights()), "--variant", "H-4",
-        "--out", str(workdir / "H-4_reference"), "--overwrite"]),
-      ("train on the bundled images",
-       ["train", "--config", args.config, "--workdir", str(workdir / "train"),
-        *[f"--set={item}" for item in args.set]]),
-      ("evaluate the trained model",
-       ["evaluate", "--variant", "H-4", "--checkpoint", str(workdir / "train" / "variables"),
-        "--coco-dir", str(samples.coco_dir()), "--split", samples.SPLIT,
-        "--out", str(workdir / "evaluate")]),
-      ("predict and draw",
-       ["predict", "--variant", "H-4", "--checkpoint", str(workdir / "train" / "variables"),
-        "--out", str(workdir / "predict"), *map(str, samples.images())]),
-  ]
-  for number, (title, argv) in enumerate(steps, start=1):
-    print(f"\n== {number}/{len(steps)} {title}: ehrnet {' '.join(argv)}", flush=True)
-    status = main(argv)
-    if status:
-      return status
-  print(f"\ndone: everything is in {workdir}/ (metrics: {workdir}/evaluate/metrics.json, "
-        f"drawings: {workdir}/predict/)")
+  config = load_config(args.config, args.set)
+  spec = ScalingSpec.from_name("H-4")
+  trained = workdir / "train" / "variables"
+
+  _step(1, "convert the authors' H-4 weights")
+  state_dict = convert.load_state_dict(samples.reference_weights())
+  converted = weights.save_variables(
+      workdir / "H-4_reference", convert.convert_state_dict(state_dict, spec), spec,
+      source=str(samples.reference_weights()), overwrite=True)
+  print(f"converted {len(state_dict)} arrays -> {converted}")
+
+  _step(2, "train on the bundled images")
+  state = loop.train(config, str(workdir / "train"))
+  print(f"trained {int(state.step)} steps -> {trained}")
+
+  _step(3, "evaluate the trained model")
+  estimator = jax_decoder.jax_estimator(trained, spec.name)
+  source = coco_evaluation.coco_folder(samples.coco_dir(), samples.SPLIT)
+  evaluation = coco_evaluation.evaluate(estimator, source, verbose=True)
+  metrics_path = coco_evaluation.write_outputs(
+      workdir / "evaluate", evaluation, {"variant": spec.name, "checkpoint": str(trained),
+                                         "split": samples.SPLIT, "scales": [1.0], "flip": True})
+  print(json.dumps({name: round(value, 4) for name, value in evaluation.stats.items()}))
+
+  _step(4, "predict and draw")
+  files = predict.collect_inputs(map(str, samples.images()))
+  entries = predict.predict(estimator, files, workdir / "predict")
+  print(f"{len(entries)} people in {len(files)} input(s)")
+  print(f"\ndone: everything is in {workdir}/ (metrics: {metrics_path}, drawings: "
+        f"{workdir}/predict/)")
   return 0
+
+
+def _step(number: int, title: str) -> None:
+  print(f"\n== {number}/4 {title}", flush=True)

@@ -42,21 +42,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  from ehrnet_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.inference import coco_evaluation  # pylint: disable=import-outside-toplevel
   _runtime.check_model(args, args.checkpoint)
   scales = _runtime.parse_scales(args.scales)
   # The data first: a wrong folder or split fails before the model loads.
   if args.coco_dir:
-    source = evaluate.coco_folder(args.coco_dir, args.split, args.max_images)
+    source = coco_evaluation.coco_folder(args.coco_dir, args.split, args.max_images)
   else:
-    source = evaluate.tfds_dataset(args.data_dir, args.split, args.max_images)
+    source = coco_evaluation.tfds_dataset(args.data_dir, args.split, args.max_images)
   estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket)
-  evaluation = evaluate.evaluate(estimator, source, verbose=True)
+  evaluation = coco_evaluation.evaluate(estimator, source, verbose=True)
   settings = {"variant": args.variant, "checkpoint": str(args.checkpoint), "split": args.split,
               "scales": list(scales), "flip": not args.no_flip, "bucket": args.bucket,
               "backend": args.backend, "device": args.device}
-  metrics_path = evaluate.write_outputs(args.out, evaluation, settings)
-  timing = evaluate.timing_summary(evaluation.seconds)
+  metrics_path = coco_evaluation.write_outputs(args.out, evaluation, settings)
+  timing = coco_evaluation.timing_summary(evaluation.seconds)
   print(json.dumps({name: round(value, 4) for name, value in evaluation.stats.items()}))
   print("ms per image (median / mean): " + ", ".join(
       f"{part} {t['median_ms']:.1f} / {t['mean_ms']:.1f}" for part, t in timing.items()))

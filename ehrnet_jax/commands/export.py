@@ -53,14 +53,14 @@ def run(args) -> int:
     raise UserError("--variant and --checkpoint are required (with --format tensorrt, --onnx "
                     "FILE may replace them)")
   # pylint: disable=import-outside-toplevel
-  from ehrnet_jax import checkpoints
+  from ehrnet_jax import weights
   from ehrnet_jax.export import network
   from ehrnet_jax.scaling import ScalingSpec
   # pylint: enable=import-outside-toplevel
   spec = ScalingSpec.from_name(args.variant)
   options = network.ExportOptions(network.parse_size(args.size, spec),
                                   network.parse_batch(args.batch), args.layout)
-  variables, _ = checkpoints.load_variables(args.checkpoint, spec)
+  variables, _ = weights.load_variables(args.checkpoint, spec)
   if args.format == "savedmodel":
     from ehrnet_jax.export import savedmodel  # pylint: disable=import-outside-toplevel
     savedmodel.export_savedmodel(spec, variables, options, out)

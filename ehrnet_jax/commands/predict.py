@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-  from ehrnet_jax import predict  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.inference import predict  # pylint: disable=import-outside-toplevel
   model, inputs = _model_and_inputs(args)
   files = predict.collect_inputs(inputs)   # bad paths fail before the model loads
   estimator = _runtime.make_estimator(args, model)

@@ -25,11 +25,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import transforms
-from ehrnet_jax.data import annotations
+from ehrnet_jax.data import annotations, coco_tfds
 from ehrnet_jax.data import augment as augment_lib
-from ehrnet_jax.data import coco_tfds
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import transforms
 
 _SKIP = tfds.decode.SkipDecoding()
 _TRAIN_KEYS = ("image", "mask_4", "mask_2", "keypoints_4", "keypoints_2")  # From NumPy.

@@ -7,5 +7,5 @@
 - `savedmodel`: jax2tf (native serialization) with a `serving_default` signature;
 - `tensorrt`: an FP32/FP16 engine from the ONNX file (needs an NVIDIA GPU and TensorRT).
 
-Running an exported ONNX model needs no JAX: see `ehrnet_jax.onnx_runtime`.
+Running an exported ONNX model needs no JAX: see `ehrnet_jax.inference.onnx_decoder`.
 """

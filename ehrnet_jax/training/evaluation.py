@@ -1,9 +1,10 @@
 """The training loop's evaluation hooks: `(variables, spec) -> metrics`.
 
-- `CocoEvaluator`, pose: COCO keypoint AP through `ehrnet_jax.evaluate`. Runs the reference's
-  single-scale test (flip test on, every person kept) on a split of the TFDS build the loop
-  trains from, with the network and decoding on device. One decoder is kept for the whole run,
-  so each evaluation after the first reuses the compiled network for every image size.
+- `CocoEvaluator`, pose: COCO keypoint AP through `ehrnet_jax.inference.coco_evaluation`. Runs
+  the reference's single-scale test (flip test on, every person kept) on a split of the TFDS
+  build the loop trains from, with the network and decoding on device. One decoder is kept for
+  the whole run, so each evaluation after the first reuses the compiled network for every image
+  size.
 - `ClassificationEvaluator`, backbone classifier: top-1 and top-5 accuracy on centre crops of a
   TFDS split (`ehrnet_jax.data.classification.eval_dataset`), one compiled batch shape.
 Every process runs the same evaluation (the metrics rank the checkpoints everywhere).
@@ -27,17 +28,19 @@ class CocoEvaluator:
   """`(variables, spec) -> {"ap": ..., "ap50": ..., "ar": ...}` on `split` of `tfds_dir`."""
 
   def __init__(self, tfds_dir: str, split: str, input_size: int, max_images: int = 0):
-    from ehrnet_jax import evaluate  # TensorFlow and pycocotools: import only when used.
-    self._evaluate = evaluate
-    self._source = evaluate.tfds_dataset(tfds_dir, split, max_images or None)
+    # TensorFlow and pycocotools: import only when used.
+    from ehrnet_jax.inference import coco_evaluation
+    self._evaluate = coco_evaluation
+    self._source = coco_evaluation.tfds_dataset(tfds_dir, split, max_images or None)
     self._input_size = input_size
     self._estimator = None
 
   def _estimator_for(self, variables: dict[str, Any], spec: ScalingSpec):
-    from ehrnet_jax import decode, inference, keypoints
+    from ehrnet_jax import inference, keypoints
+    from ehrnet_jax.inference import jax_decoder
     from ehrnet_jax.models import fold_batch_norm
     if self._estimator is None:
-      decoder = decode.network_decoder(spec, variables, keypoints.COCO.flip_index)
+      decoder = jax_decoder.network_decoder(spec, variables, keypoints.COCO.flip_index)
       self._estimator = inference.PoseEstimator(decoder, self._input_size)
     else:
       self._estimator.decoder.variables = fold_batch_norm(variables)

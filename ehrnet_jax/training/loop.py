@@ -16,7 +16,7 @@ Files in the work dir:
   runs.jsonl           one per (re)start: the step, JAX, the devices, the matmul precision
                        (`run_conditions`)
   tensorboard/         the same scalars as TensorBoard events
-  variables/           the final model (`ehrnet_jax.checkpoints` format: evaluate, predict, export;
+  variables/           the final model (`ehrnet_jax.weights` format: evaluate, predict, export;
                        for the classifier with its number of classes)
   best/                the model with the best AP / top-1 so far, when evaluation runs
   tfds/                pose: the TFDS build of data.coco_dir (unless data.tfds_dir says otherwise)
@@ -37,11 +37,11 @@ import numpy as np
 from ehrnet_jax import backbones
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.models import init_variables
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.checkpointing import Checkpointer
 from ehrnet_jax.training.input import Batch, TrainData
-from ehrnet_jax.training.state import (TrainState, abstract_train_state, create_train_state,
-                                       init_variables)
+from ehrnet_jax.training.state import TrainState, abstract_train_state, create_train_state
 from ehrnet_jax.training.tasks import EvaluateFn, Task, make_task
 from ehrnet_jax.training.writers import MetricWriter, ProgressBar
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ehrnet_jax.models import abstract_variables, init_variables
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -31,27 +33,6 @@ class TrainState:
   def variables(self) -> dict[str, Any]:
     """The model variables (for `model.apply` and for saving the trained network)."""
     return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-# The networks are fully convolutional (global pooling in the SE blocks and the classifier), so
-# their variables do not depend on the input size: initialisation traces them on one small
-# image. (At H0's 512x512 the unoptimised init program below held 1.3 GB.)
-INIT_IMAGE_SIZE = 64
-
-
-def _init_fn(model: nn.Module):
-  dummy = jnp.zeros((1, INIT_IMAGE_SIZE, INIT_IMAGE_SIZE, 3), jnp.float32)
-  return lambda key: model.init(key, dummy, train=False)
-
-
-def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
-  """The model's random initial variables.
-
-  Initialisation runs once, so it is compiled without XLA's backend optimisations: for H-4 on
-  2 CPU cores this cuts its compilation from ~47 s to ~13 s (hundreds of random initialisers).
-  """
-  init = jax.jit(_init_fn(model))
-  return init.lower(rng).compile({"xla_backend_optimization_level": 0})(rng)
 
 
 def _state(variables: dict[str, Any], tx: optax.GradientTransformation,
@@ -82,5 +63,5 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
   """Shapes and dtypes of the state (nothing computed): the target for restoring a checkpoint."""
-  return jax.eval_shape(lambda key: _state(_init_fn(model)(key), tx, key),
-                        jax.random.key(0))
+  return jax.eval_shape(lambda variables, key: _state(variables, tx, key),
+                        abstract_variables(model), jax.random.key(0))

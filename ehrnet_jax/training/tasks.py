@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax import checkpoints, losses
+from ehrnet_jax import losses, weights
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.images import normalize
@@ -86,7 +86,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def save(self, directory: str, variables: dict[str, Any], source: str) -> None:
-    """Saves the trained model (`ehrnet_jax.checkpoints` format), replacing `directory`."""
+    """Saves the trained model (`ehrnet_jax.weights` format), replacing `directory`."""
 
   @abc.abstractmethod
   def load_whole(self, directory: str) -> dict[str, Any]:
@@ -130,10 +130,10 @@ class PoseTask(Task):
     return CocoEvaluator(data.tfds_dir, run.eval_split, self.input_size, run.eval_max_images)
 
   def save(self, directory: str, variables: dict[str, Any], source: str) -> None:
-    checkpoints.save_variables(directory, variables, self.spec, source=source, overwrite=True)
+    weights.save_variables(directory, variables, self.spec, source=source, overwrite=True)
 
   def load_whole(self, directory: str) -> dict[str, Any]:
-    return checkpoints.load_variables(directory, expected=self.spec)[0]
+    return weights.load_variables(directory, expected=self.spec)[0]
 
 
 class ClassificationTask(Task):
@@ -178,11 +178,11 @@ class ClassificationTask(Task):
                                    config.run.eval_max_images)
 
   def save(self, directory: str, variables: dict[str, Any], source: str) -> None:
-    checkpoints.save_variables(directory, variables, self.spec, source=source, overwrite=True,
+    weights.save_variables(directory, variables, self.spec, source=source, overwrite=True,
                                num_classes=self.num_classes)
 
   def load_whole(self, directory: str) -> dict[str, Any]:
-    variables, spec, num_classes = checkpoints.load_classifier(directory)
+    variables, spec, num_classes = weights.load_classifier(directory)
     if (spec, num_classes) != (self.spec, self.num_classes):
       raise UserError(f"init.checkpoint={directory}: holds {spec.classifier_name} with "
                       f"{num_classes} classes, this run trains {self.name} with "

@@ -10,9 +10,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
+from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm, init_variables
 from ehrnet_jax.scaling import ScalingSpec
-from ehrnet_jax.training.state import init_variables
 from ehrnet_jax.xla_options import inference_compiler_options
 
 

@@ -1,29 +1,36 @@
-"""Inference checkpoints: the model's variables (orbax) plus the spec they belong to.
+"""Inference checkpoints: a model's variables plus the spec they belong to, in one orbax
+checkpoint directory.
 
-A checkpoint directory holds `variables/` (an orbax checkpoint of `{"params", "batch_stats"}`)
-and `ehrnet.json` (format, variant name and phi, provenance, and for a backbone classifier its
-number of classes). It is written to a temporary sibling directory and renamed into place, so a
-crash never leaves a half-written checkpoint.
+The directory holds two orbax items: `variables` (`{"params", "batch_stats"}`, orbax's standard
+pytree format) and `metadata` (JSON: format, variant name and phi, provenance, and for a backbone
+classifier its number of classes), saved and restored together through
+`ocp.args.Composite` as the training checkpoints are (`training.checkpointing`). Orbax writes to
+a temporary directory and renames it into place, so a crash never leaves a half-written
+checkpoint.
 
 Two kinds of model are stored: the pose model `EfficientHRNet(spec)` (`load_variables`) and the
 backbone classifier `EfficientNetClassifier(spec, num_classes)` (`load_classifier`); the backbone
 of either initialises a pose model through `ehrnet_jax.backbones`.
+
+Checkpoints written before this layout (format 1: the metadata in a plain `ehrnet.json` beside
+the same `variables/` item) are still read: only their metadata is found differently.
 """
 
 import json
 import os
 import pathlib
-import shutil
-import uuid
 
 import jax
 import orbax.checkpoint as ocp
 
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, abstract_variables
 from ehrnet_jax.scaling import ScalingSpec
 
-FORMAT = "ehrnet_jax.variables/1"
-METADATA_FILE = "ehrnet.json"
+FORMAT = "ehrnet_jax.variables/2"
+# Format 1 kept the metadata in this file instead of an orbax item.
+LEGACY_FORMAT = "ehrnet_jax.variables/1"
+LEGACY_METADATA_FILE = "ehrnet.json"
 
 
 def check_new_directory(directory: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
@@ -45,41 +52,58 @@ def save_variables(directory: str | os.PathLike, variables: dict, spec: ScalingS
   otherwise of the pose model `EfficientHRNet(spec)`.
   """
   directory = check_new_directory(directory, overwrite)
-  staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-  staging.parent.mkdir(parents=True, exist_ok=True)
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / "variables", jax.device_get(variables))
-    checkpointer.wait_until_finished()
-    metadata = {"format": FORMAT, "variant": spec.name, "phi": spec.phi, "source": source,
-                "spec": spec.summary()}
-    if num_classes is not None:
-      metadata.update(variant=spec.classifier_name, num_classes=num_classes)
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    if directory.exists():
-      shutil.rmtree(directory)
-    staging.rename(directory)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  metadata = {"format": FORMAT, "variant": spec.name, "phi": spec.phi, "source": source,
+              "spec": spec.summary()}
+  if num_classes is not None:
+    metadata.update(variant=spec.classifier_name, num_classes=num_classes)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  _checkpointer().save(directory, args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(jax.device_get(variables)),
+      metadata=ocp.args.JsonSave(metadata)), force=overwrite)
   return directory
 
 
-def read_metadata(directory: str | os.PathLike) -> dict:
-  """The checkpoint's `ehrnet.json`, checked: format, variant, phi, source, [num_classes]."""
-  metadata_path = pathlib.Path(directory) / METADATA_FILE
-  if not metadata_path.is_file():
-    raise UserError(f"{directory} is not an ehrnet checkpoint (no {METADATA_FILE} there); pass "
-                    "the --out directory of `ehrnet convert` or WORKDIR/variables of `ehrnet "
-                    "train`, or convert the authors' weights first: `ehrnet convert SRC.pth "
-                    "--variant NAME --out DIR`")
+def _checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _not_a_checkpoint(directory: pathlib.Path) -> UserError:
+  return UserError(f"{directory} is not an ehrnet checkpoint (no orbax `metadata` item there); "
+                   "pass the --out directory of `ehrnet convert` or WORKDIR/variables of `ehrnet "
+                   "train`, or convert the authors' weights first: `ehrnet convert SRC.pth "
+                   "--variant NAME --out DIR`")
+
+
+def _stored_metadata(directory: pathlib.Path) -> tuple[dict, str]:
+  """The metadata as stored and the format it must have: the orbax item, or a format-1 file."""
+  legacy = directory / LEGACY_METADATA_FILE
+  if legacy.is_file():
+    try:
+      return json.loads(legacy.read_text()), LEGACY_FORMAT
+    except json.JSONDecodeError as error:
+      raise UserError(f"{legacy} is corrupt ({error})") from None
+  if not directory.is_dir():
+    raise _not_a_checkpoint(directory)
   try:
-    metadata = json.loads(metadata_path.read_text())
-    if metadata.get("format") != FORMAT:
-      raise UserError(f"{metadata_path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    restored = _checkpointer().restore(directory, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))
+  except (FileNotFoundError, KeyError, ValueError):
+    raise _not_a_checkpoint(directory) from None
+  return restored.metadata, FORMAT
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+  """The checkpoint's metadata, checked: format, variant, phi, source, [num_classes]."""
+  directory = pathlib.Path(directory).absolute()
+  metadata, expected_format = _stored_metadata(directory)
+  try:
+    if metadata.get("format") != expected_format:
+      raise UserError(f"{directory}: format {metadata.get('format')!r}, expected "
+                      f"{expected_format!r}")
     float(metadata["phi"])
     return metadata
-  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-    raise UserError(f"{metadata_path} is corrupt ({error!r})") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    raise UserError(f"{directory}: its metadata is corrupt ({error!r})") from None
 
 
 def read_spec(directory: str | os.PathLike) -> ScalingSpec:
@@ -93,11 +117,14 @@ def is_classifier(directory: str | os.PathLike) -> bool:
 
 
 def _restore(directory: pathlib.Path, spec: ScalingSpec, num_classes: int | None) -> dict:
-  from ehrnet_jax.convert import abstract_variables  # pylint: disable=import-outside-toplevel
-  target = abstract_variables(spec, num_classes)
-  name = spec.name if num_classes is None else spec.classifier_name
+  if num_classes is None:
+    name, model = spec.name, EfficientHRNet(spec)
+  else:
+    name, model = spec.classifier_name, EfficientNetClassifier(spec, num_classes)
+  target = abstract_variables(model)
   try:
-    return ocp.StandardCheckpointer().restore(directory / "variables", target)
+    return _checkpointer().restore(directory, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(target))).variables
   except (ValueError, KeyError, FileNotFoundError) as error:
     raise UserError(f"{directory}: its variables do not fit {name} as this version of "
                     f"ehrnet_jax builds it ({error}); re-create it with `ehrnet convert` or "

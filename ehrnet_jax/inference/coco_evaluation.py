@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import tqdm
 
-from ehrnet_jax import coco_results
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import inference
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import coco_results
+from ehrnet_jax.inference.estimator import PoseEstimator, read_image
 
 TFDS_SPLITS = {"val2017": "validation", "train2017": "train"}
 PARTS = ("network", "decode", "grouping")
@@ -48,7 +48,7 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
 
   def images():
     for image_id in image_ids:
-      yield image_id, inference.read_image(root / split / ground_truth.imgs[image_id]["file_name"])
+      yield image_id, read_image(root / split / ground_truth.imgs[image_id]["file_name"])
 
   return Source(ground_truth, image_ids, images)
 
@@ -130,7 +130,7 @@ class Evaluation:
   seconds: list[dict]          # per image: seconds per part (PARTS)
 
 
-def evaluate(estimator: inference.PoseEstimator, source: Source, progress: bool = True,
+def evaluate(estimator: PoseEstimator, source: Source, progress: bool = True,
              verbose: bool = False) -> Evaluation:
   """Runs `estimator` on every image of `source` and scores the results with pycocotools."""
   results, seconds = [], []

@@ -8,7 +8,7 @@ averaged while the two tags are stacked (orig, flip). Across scales (`aggregate_
 heatmaps are averaged, the tags are those of scale 1.
 
 Written once against the NumPy API and run either with NumPy (host backends such as ONNX; no JAX
-import) or with `jax.numpy` under jit (`ehrnet_jax.decode`): pass `xp`. The network's NHWC outputs
+import) or with `jax.numpy` under jit (`jax_decoder`): pass `xp`. The network's NHWC outputs
 are made channel-first at low resolution (cheap). Maps travel as one stacked array
 (1 + T, B, J, H, W): heatmaps, then the tags of each view (orig, flip); `split_maps` gives the
 grouping's layout. (Under XLA on CPU, a jitted function returning several large arrays, or
@@ -17,7 +17,7 @@ slicing one resized array into several, is many times slower than returning one.
 
 import numpy as np
 
-from ehrnet_jax import transforms
+from ehrnet_jax.inference import transforms
 
 
 def with_mirrored(images, xp=np):

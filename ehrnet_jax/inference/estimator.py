@@ -2,36 +2,30 @@
 
 `PoseEstimator` does what the reference's `valid.py` does per image: warp the image to every test
 scale, let a `Decoder` turn the warped images into maps, group each image's maps into people
-(`ehrnet_jax.group`) and map them back to the image (`ehrnet_jax.transforms`).
+(`grouping`) and map them back to the image (`transforms`).
 
 A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
 `(scale, uint8 images (B, h, w, 3))` largest scale first. Two exist:
-- `ehrnet_jax.decode.JaxDecoder`: network and decoding on device (JAX);
-- `HostDecoder` here: wraps any `backend(float32 images) -> (heatmaps_4, tags_4, heatmaps_2)`
-  (e.g. an ONNX Runtime session) and aggregates with NumPy.
+- `jax_decoder.JaxDecoder`: network and decoding on device (JAX);
+- `host_decoder.HostDecoder`: wraps any `backend(float32 images) -> (heatmaps_4, tags_4,
+  heatmaps_2)` (e.g. an ONNX Runtime session, `onnx_decoder`) and aggregates with NumPy.
 """
 
 import dataclasses
 import pathlib
 import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from ehrnet_jax import aggregate
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import group
 from ehrnet_jax import keypoints as keypoints_lib
-from ehrnet_jax import transforms
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import grouping, transforms
 
 # Smallest image side accepted: the network's stride.
 MIN_IMAGE_SIDE = 32
-
-# float32 normalised images (B, H, W, 3) -> heatmaps_4 (B, H/4, W/4, J), tags_4 (same),
-# heatmaps_2 (B, H/2, W/2, J), as NumPy arrays.
-Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -43,7 +37,7 @@ class Maps:
   """
   heatmaps: np.ndarray
   tags: np.ndarray
-  candidates: list[group.Candidates] | None
+  candidates: list[grouping.Candidates] | None
   network_s: float
   decode_s: float
 
@@ -52,33 +46,6 @@ class Decoder(Protocol):
   def __call__(self, pyramid: list[tuple[float, np.ndarray]],
                base_hw: tuple[int, int]) -> Maps:
     ...
-
-
-class HostDecoder:
-  """A `Decoder` around any backend returning NumPy arrays; aggregation with NumPy."""
-
-  def __init__(self, backend: Backend, flip_index=None):
-    self.backend = backend
-    self.flip_index = flip_index
-
-  def __call__(self, pyramid, base_hw):
-    network_s = decode_s = 0.0
-    maps = []
-    for _, images in pyramid:
-      start = time.perf_counter()
-      x = images_lib.normalize(images)
-      if self.flip_index is not None:
-        x = aggregate.with_mirrored(x)
-      outputs = [np.asarray(o, np.float32) for o in self.backend(np.ascontiguousarray(x))]
-      network_s += time.perf_counter() - start
-      start = time.perf_counter()
-      maps.append(aggregate.scale_maps(*outputs, base_hw, self.flip_index))
-      decode_s += time.perf_counter() - start
-    start = time.perf_counter()
-    maps = aggregate.aggregate_scales([s for s, _ in pyramid], maps)
-    heatmaps, tags = aggregate.split_maps(maps)
-    return Maps(np.ascontiguousarray(heatmaps), tags, None, network_s,
-                decode_s + time.perf_counter() - start)
 
 
 @dataclasses.dataclass
@@ -98,7 +65,7 @@ class PoseEstimator:
 
   def __init__(self, decoder: Decoder, input_size: int, scales=(1.0,),
                keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
-               config: group.GroupingConfig = group.GroupingConfig()):
+               config: grouping.GroupingConfig = grouping.GroupingConfig()):
     self.decoder = decoder
     self.input_size = input_size
     self.scales = tuple(float(s) for s in scales)
@@ -120,7 +87,7 @@ class PoseEstimator:
     results = []
     for index in range(len(images)):
       start = time.perf_counter()
-      people, scores = group.parse(
+      people, scores = grouping.parse(
           maps.heatmaps[index], maps.tags[index], self.keypoint_set, self.config,
           candidates=None if maps.candidates is None else maps.candidates[index])
       people = transforms.map_to_image(people, last.center, last.scale, base.size_wh)
@@ -154,22 +121,3 @@ def check_image_size(image: np.ndarray, name) -> None:
     raise UserError(f"{name}: image is {w}x{h} pixels; at least {MIN_IMAGE_SIDE} pixels per side "
                     "are needed (the network's stride)")
 
-
-def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
-                  bucket: int | None = None,
-                  config: group.GroupingConfig = group.GroupingConfig()) -> PoseEstimator:
-  """A `PoseEstimator` running the checkpoint's network with JAX (imports JAX and Flax).
-
-  `variant`, if given, must match the checkpoint (UserError otherwise).
-  """
-  # pylint: disable=import-outside-toplevel
-  from ehrnet_jax import checkpoints
-  from ehrnet_jax import decode
-  from ehrnet_jax.scaling import ScalingSpec
-  # pylint: enable=import-outside-toplevel
-  expected = ScalingSpec.from_name(variant) if variant else None
-  variables, spec = checkpoints.load_variables(checkpoint, expected)
-  keypoint_set = keypoints_lib.COCO
-  decoder = decode.network_decoder(spec, variables, keypoint_set.flip_index if flip else None,
-                                   config, bucket)
-  return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)

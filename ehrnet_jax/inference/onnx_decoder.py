@@ -2,7 +2,7 @@
 
 `OnnxNetwork` wraps an `onnxruntime.InferenceSession` of a model written by
 `ehrnet export --format onnx` and reads its metadata. Called with normalised float32 NHWC images
-it returns the three NHWC maps: the `inference.Backend` that `inference.HostDecoder` expects,
+it returns the three NHWC maps: the `host_decoder.Backend` that `host_decoder.HostDecoder` expects,
 whatever the model's layout and batch. The model's spatial size is fixed at export: smaller
 inputs (the test-time warp of a photo) are padded at the bottom/right with black, as
 `decode.JaxDecoder(bucket=...)` does, and the outputs cropped; larger inputs are an error that
@@ -16,11 +16,12 @@ import numpy as np
 import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from ehrnet_jax import group
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import inference
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import grouping
+from ehrnet_jax.inference.estimator import PoseEstimator
+from ehrnet_jax.inference.host_decoder import HostDecoder
 from ehrnet_jax.scaling import ScalingSpec
 
 EXPORT_HINT = ("write the model with `ehrnet export --variant NAME --checkpoint DIR --format onnx "
@@ -68,7 +69,7 @@ def session_providers(device: str) -> list[str]:
 
 
 class OnnxNetwork:
-  """An exported model as an `inference.Backend`: float32 NHWC images -> NHWC maps."""
+  """An exported model as a `host_decoder.Backend`: float32 NHWC images -> NHWC maps."""
 
   def __init__(self, path, device: str = "cpu"):
     path = pathlib.Path(path)
@@ -115,8 +116,8 @@ class OnnxNetwork:
 
 def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool = True,
                    device: str = "cpu",
-                   config: group.GroupingConfig = group.GroupingConfig()
-                   ) -> inference.PoseEstimator:
+                   config: grouping.GroupingConfig = grouping.GroupingConfig()
+                   ) -> PoseEstimator:
   """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it."""
   network = OnnxNetwork(path, device)
   stored = network.info.spec
@@ -124,5 +125,5 @@ def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool =
     raise UserError(f"{path} holds variant {stored.name}, not {variant}; pass "
                     f"--variant {stored.variant_arg} or another model")
   keypoint_set = keypoints_lib.COCO
-  decoder = inference.HostDecoder(network, keypoint_set.flip_index if flip else None)
-  return inference.PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config)
+  decoder = HostDecoder(network, keypoint_set.flip_index if flip else None)
+  return PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config)

@@ -4,7 +4,7 @@ NumPy/SciPy only (no JAX), so it also serves backends that produce the maps else
 It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping) exactly:
 
 1. `top_k_candidates`: max-pool NMS and the k strongest peaks per joint (done on device by
-   `ehrnet_jax.decode` in the JAX pipeline; this is the host version).
+   `ehrnet_jax.inference.jax_decoder` in the JAX pipeline; this is the host version).
 2. `match_by_tag`: joints visited in the keypoint set's grouping order; candidates above the
    detection threshold are assigned to people by tag distance with the Hungarian algorithm.
 3. `adjust`: quarter-pixel shift towards the higher neighbour, plus the half-pixel centre.

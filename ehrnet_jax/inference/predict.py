@@ -1,6 +1,6 @@
 """Pose prediction on images, folders and videos: COCO-format JSON and drawn skeletons.
 
-Backend-agnostic (no JAX import here): it takes any `inference.PoseEstimator`, whose decoder runs
+Backend-agnostic (no JAX import here): it takes any `estimator.PoseEstimator`, whose decoder runs
 the network (JAX on device, or a host backend such as ONNX Runtime).
 
 Outputs in `out_dir`: `predictions.json`, a list of COCO result entries (`image_id`,
@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 import tqdm
 
-from ehrnet_jax import coco_results
-from ehrnet_jax import inference
-from ehrnet_jax import visualize
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.inference import coco_results, drawing
+from ehrnet_jax.inference.estimator import PoseEstimator, Poses, check_image_size, read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
@@ -63,7 +62,7 @@ def _frames(path: pathlib.Path, capture, batch_size: int) -> Iterator[list[np.nd
     if not ok:
       break
     if count == 0:
-      inference.check_image_size(frame, path)
+      check_image_size(frame, path)
     count += 1
     batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     if len(batch) == batch_size:
@@ -91,7 +90,7 @@ class _Outputs:
     self._names.add(name + suffix)
     return self.out_dir / (name + suffix)
 
-  def add(self, poses: inference.Poses, min_score: float, **extra) -> np.ndarray:
+  def add(self, poses: Poses, min_score: float, **extra) -> np.ndarray:
     """Records one image's people scoring at least `min_score`; returns them (P, J, 3)."""
     self._images += 1
     keep = poses.scores >= min_score
@@ -101,7 +100,7 @@ class _Outputs:
     return people
 
 
-def predict(estimator: inference.PoseEstimator, paths, out_dir, threshold: float = 0.1,
+def predict(estimator: PoseEstimator, paths, out_dir, threshold: float = 0.1,
             min_score: float = 0.0, batch_size: int = 4, draw: bool = True,
             progress: bool = True) -> list[dict]:
   """Runs `estimator` on every image and video frame; writes `predictions.json` and drawings.
@@ -133,10 +132,10 @@ def predict(estimator: inference.PoseEstimator, paths, out_dir, threshold: float
         _predict_video(estimator, path, captures.pop(path), outputs, threshold, min_score,
                        batch_size, draw, bar)
         continue
-      image = inference.read_image(path)
+      image = read_image(path)
       people = outputs.add(estimator([image])[0], min_score, file_name=str(path))
       if draw:
-        canvas = visualize.draw_people(image, people, keypoint_set, threshold)
+        canvas = drawing.draw_people(image, people, keypoint_set, threshold)
         cv2.imwrite(str(outputs.path_for(path, ".jpg")), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
       bar.update(1)
   (out_dir / "predictions.json").write_text(json.dumps(outputs.entries))
@@ -156,7 +155,7 @@ def _predict_video(estimator, path, capture, outputs, threshold, min_score, batc
         if draw:
           if writer is None:
             writer = _video_writer(outputs.path_for(path, ".mp4"), fps, frame.shape)
-          canvas = visualize.draw_people(frame, people, estimator.keypoint_set, threshold)
+          canvas = drawing.draw_people(frame, people, estimator.keypoint_set, threshold)
           writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
       bar.update(len(frames))
   finally:

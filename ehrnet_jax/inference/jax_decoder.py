@@ -1,12 +1,13 @@
 """Decoding on device (JAX, jit): network, flip test, aggregation, NMS and top-k per joint.
 
-`JaxDecoder` is the JAX implementation of `ehrnet_jax.inference.Decoder`. Its steps are
+`JaxDecoder` is the JAX implementation of `estimator.Decoder`; `jax_estimator` builds a
+`PoseEstimator` around it from an ehrnet checkpoint. Its steps are
 separate jitted functions, so that the network time can be reported on its own, and because XLA
 on CPU runs them several times faster apart than fused into one program (measured):
 
 1. network: uint8 images -> normalise -> [images, mirrored images] -> `apply_fn`;
-2. maps: `ehrnet_jax.aggregate.scale_maps` per scale (upsample, flip back, average, project to the
-   input size of scale 1), then the mean over scales;
+2. maps: `aggregation.scale_maps` per scale (upsample, flip back, average, project to the input
+   size of scale 1), then the mean over scales;
 3. candidates: max-pool NMS, then the top-k peaks per joint (`nms_top_k`).
 
 Each jitted function compiles once per input shape. The test sizes are multiples of 64, so the
@@ -24,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ehrnet_jax import aggregate
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import group
-from ehrnet_jax import inference
+from ehrnet_jax import keypoints as keypoints_lib
+from ehrnet_jax import weights
+from ehrnet_jax.inference import aggregation, grouping
+from ehrnet_jax.inference.estimator import Maps, PoseEstimator
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.xla_options import inference_compiler_options
@@ -82,10 +84,11 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, k: int, kernel: int):
 
 
 class JaxDecoder:
-  """`inference.Decoder` on device; see the module docstring."""
+  """`estimator.Decoder` on device; see the module docstring."""
 
   def __init__(self, apply_fn: ApplyFn, variables, flip_index=None,
-               config: group.GroupingConfig = group.GroupingConfig(), bucket: int | None = None):
+               config: grouping.GroupingConfig = grouping.GroupingConfig(),
+               bucket: int | None = None):
     """`flip_index` turns on the flip test (e.g. `keypoints.COCO.flip_index`)."""
     self.variables = variables
     self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket),
@@ -96,7 +99,7 @@ class JaxDecoder:
     self._nms = jax.jit(lambda maps: nms(maps[0], config.nms_kernel))
     self._top_k = jax.jit(functools.partial(_top_k_with_tags, config.max_num_people))
 
-  def __call__(self, pyramid, base_hw: tuple[int, int]) -> inference.Maps:
+  def __call__(self, pyramid, base_hw: tuple[int, int]) -> Maps:
     start = time.perf_counter()
     outputs = [self._network(self.variables, jnp.asarray(images)) for _, images in pyramid]
     jax.block_until_ready(outputs)
@@ -104,14 +107,14 @@ class JaxDecoder:
     scales = tuple(float(s) for s, _ in pyramid)
     maps = self._maps(outputs, scales=scales, base_hw=tuple(base_hw))
     xy, values, candidate_tags = jax.device_get(self._top_k(self._nms(maps), maps))
-    heatmaps, tags = aggregate.split_maps(np.asarray(maps))
-    candidates = [group.Candidates(*parts) for parts in zip(xy, values, candidate_tags)]
-    return inference.Maps(heatmaps, tags, candidates, network_s=network_done - start,
-                          decode_s=time.perf_counter() - network_done)
+    heatmaps, tags = aggregation.split_maps(np.asarray(maps))
+    candidates = [grouping.Candidates(*parts) for parts in zip(xy, values, candidate_tags)]
+    return Maps(heatmaps, tags, candidates, network_s=network_done - start,
+                decode_s=time.perf_counter() - network_done)
 
 
 def network_decoder(spec: ScalingSpec, variables, flip_index=None,
-                    config: group.GroupingConfig = group.GroupingConfig(),
+                    config: grouping.GroupingConfig = grouping.GroupingConfig(),
                     bucket: int | None = None) -> JaxDecoder:
   """A `JaxDecoder` running `EfficientHRNet(spec)` on `variables` (params and batch_stats) in the
   fastest inference form on this backend: the batch norms folded into the convolutions once,
@@ -122,6 +125,21 @@ def network_decoder(spec: ScalingSpec, variables, flip_index=None,
                     flip_index, config, bucket)
 
 
+def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
+                  bucket: int | None = None,
+                  config: grouping.GroupingConfig = grouping.GroupingConfig()) -> PoseEstimator:
+  """A `PoseEstimator` running the network of an ehrnet checkpoint directory with JAX.
+
+  `variant`, if given, must match the checkpoint (UserError otherwise).
+  """
+  expected = ScalingSpec.from_name(variant) if variant else None
+  variables, spec = weights.load_variables(checkpoint, expected)
+  keypoint_set = keypoints_lib.COCO
+  decoder = network_decoder(spec, variables, keypoint_set.flip_index if flip else None, config,
+                            bucket)
+  return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)
+
+
 def _network(apply_fn, flip, bucket, variables, images):
   """uint8 (B, h, w, 3) -> the network outputs, for [images, mirrored] when flipping."""
   h, w = images.shape[1:3]
@@ -129,16 +147,16 @@ def _network(apply_fn, flip, bucket, variables, images):
     images = jnp.pad(images, ((0, 0), (0, -h % bucket), (0, -w % bucket), (0, 0)))
   x = images_lib.normalize(images, jnp)
   if flip:
-    x = aggregate.with_mirrored(x, jnp)
+    x = aggregation.with_mirrored(x, jnp)
   heatmaps_4, tags_4, heatmaps_2 = apply_fn(variables, x)
   return (heatmaps_4[:, :h // 4, :w // 4], tags_4[:, :h // 4, :w // 4],
           heatmaps_2[:, :h // 2, :w // 2])
 
 
 def _maps(flip_index, outputs, scales, base_hw):
-  """Per-scale outputs -> stacked maps (1 + T, B, J, H, W), see `ehrnet_jax.aggregate`."""
-  per_scale = [aggregate.scale_maps(*output, base_hw, flip_index, xp=jnp) for output in outputs]
-  return aggregate.aggregate_scales(scales, per_scale, jnp)
+  """Per-scale outputs -> stacked maps (1 + T, B, J, H, W), see `aggregation`."""
+  per_scale = [aggregation.scale_maps(*output, base_hw, flip_index, xp=jnp) for output in outputs]
+  return aggregation.aggregate_scales(scales, per_scale, jnp)
 
 
 def _top_k_with_tags(k, peaks, maps):
