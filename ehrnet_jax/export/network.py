@@ -1,11 +1,16 @@
 """The network as exported: eval mode, a fixed spatial size, NHWC or NCHW tensors.
 
-Exported graphs use XLA's grouped convolution for the depthwise layers (`depthwise="conv"`):
-the shifted-slices form the model picks on CPU computes the same numbers but becomes k*k slices
-and multiplies per layer in ONNX; likewise the head keeps the plain transposed convolution
-(`deconv="transpose"`), which ONNX and TensorRT run natively. Eval-mode batch norm is folded into
-the convolutions by the model itself (`ConvBN`); the remaining per-channel arithmetic on the
-weights is constant-folded after export.
+The export form spells each layer as the operator a deployment runtime has for it, with the
+same numbers: XLA's grouped convolution for the depthwise layers (`depthwise="conv"`; the
+shifted-slices form the model picks on CPU becomes k*k slices and multiplies per layer in ONNX),
+the plain transposed convolution in the head (`deconv="transpose"`: ONNX ConvTranspose),
+nearest upsampling as `jax.image.resize` (`upsample="resize"`: one Resize instead of Reshape +
+Expand chains) and the squeeze-excitation as a spatial mean and 1x1 convolutions
+(`squeeze_excite="conv"`: GlobalAveragePool + Conv instead of ReduceSum + Div + Gemm and
+reshapes). Eval-mode batch norm is folded into the convolutions by the model itself (`ConvBN`);
+the remaining per-channel arithmetic on the weights is constant-folded after export.
+`EXPORT_CHANNEL_ALIGN`: the zero-channel padding of the high-resolution widths in exported
+graphs, chosen by onnxruntime latency (docs/benchmarks/export-lean.md).
 """
 
 import dataclasses
@@ -20,6 +25,7 @@ from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
 
 OUTPUT_NAMES = ("heatmaps_4", "tags_4", "heatmaps_2")
+EXPORT_CHANNEL_ALIGN = 1
 INPUT_NAME = "images"
 LAYOUTS = ("NHWC", "NCHW")
 
@@ -30,10 +36,13 @@ class ExportOptions:
 
   image_hw: network input (H, W), multiples of 32. batch: a fixed batch size, or None for a
   dynamic batch dimension. layout: "NHWC" or "NCHW", for the input and the three outputs.
+  channel_align: the zero-channel padding of the high-resolution widths inside the graph (see
+  `EfficientHRNet.channel_align`; the outputs are the same).
   """
   image_hw: tuple[int, int]
   batch: int | None = None
   layout: str = "NHWC"
+  channel_align: int = EXPORT_CHANNEL_ALIGN
 
   def input_shape(self, batch_name: str = "batch") -> tuple:
     h, w = self.image_hw
@@ -64,11 +73,18 @@ def parse_batch(text: str) -> int | None:
   return int(text)
 
 
-def inference_fn(spec: ScalingSpec, layout: str = "NHWC") -> Callable:
+def export_model(spec: ScalingSpec, channel_align: int = EXPORT_CHANNEL_ALIGN) -> EfficientHRNet:
+  """The network in its export form (see the module docstring)."""
+  return EfficientHRNet(spec, depthwise="conv", deconv="transpose", channel_align=channel_align,
+                        upsample="resize", squeeze_excite="conv")
+
+
+def inference_fn(spec: ScalingSpec, layout: str = "NHWC",
+                 channel_align: int = EXPORT_CHANNEL_ALIGN) -> Callable:
   """(variables, images (layout)) -> (heatmaps_4, tags_4, heatmaps_2) (layout)."""
   if layout not in LAYOUTS:
     raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  model = EfficientHRNet(spec, depthwise="conv", deconv="transpose")
+  model = export_model(spec, channel_align)
 
   def fn(variables, images):
     if layout == "NCHW":

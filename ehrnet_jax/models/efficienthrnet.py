@@ -34,22 +34,27 @@ class EfficientHRNet(nn.Module):
   computing (the parameters and the numbers are unchanged; see `layers.Conv`).
   `folded_bn=True` is the fastest evaluation form: it runs on `layers.fold_batch_norm(variables)`
   (the batch norms folded into the convolutions once, rather than on every call).
+  `upsample` ("repeat" | "resize", `layers.upsample_nearest`) and `squeeze_excite` ("dense" |
+  "conv", `efficientnet.SqueezeExcite`) spell the same numbers as exporters want them ("resize",
+  "conv"; see `ehrnet_jax.export.network`).
   """
   spec: ScalingSpec
   depthwise: str = "auto"
   deconv: str = "auto"
   channel_align: int = 8
   folded_bn: bool = False
+  upsample: str = "repeat"
+  squeeze_excite: str = "dense"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> PoseOutputs:
     """images: (B, H, W, 3) normalised RGB, H and W multiples of 32."""
     self.spec.check_input_shape(*images.shape[1:3])
-    taps = EfficientNetFeatures(self.spec, self.depthwise, self.folded_bn, dtype=self.dtype,
-                                name=BACKBONE)(images, train)
-    x = HighResolutionNetwork(self.spec, self.channel_align, self.folded_bn, dtype=self.dtype,
-                              name="hrnet")(taps, train)
+    taps = EfficientNetFeatures(self.spec, self.depthwise, self.folded_bn, self.squeeze_excite,
+                                dtype=self.dtype, name=BACKBONE)(images, train)
+    x = HighResolutionNetwork(self.spec, self.channel_align, self.folded_bn, self.upsample,
+                              dtype=self.dtype, name="hrnet")(taps, train)
     out_4, out_2 = HigherResolutionHead(
         self.spec.num_joints, self.spec.hr_widths[0], self.spec.head_width, self.spec.head_blocks,
         self.channel_align, self.deconv, self.folded_bn, dtype=self.dtype, name="head")(x, train)

@@ -8,6 +8,7 @@ That equals TF 'SAME' only for even input sizes, so it is spelled out here.
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out, stored_once
@@ -39,17 +40,49 @@ def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+SQUEEZE_EXCITE_FORMS = ("dense", "conv")
+
+
+class PointwiseDense(nn.Dense):
+  """`nn.Dense` (same variables) applied to the channels of an NHWC map as a 1x1 convolution."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    y = lax.conv_general_dilated(x.astype(self.dtype), kernel[None, None].astype(self.dtype),
+                                 (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
 class SqueezeExcite(nn.Module):
-  """Channel attention: global average pool, reduce + swish, expand + sigmoid, rescale."""
+  """Channel attention: global average pool, reduce + swish, expand + sigmoid, rescale.
+
+  `form` spells the same numbers two ways: "dense" (the mean as a (B, C) vector through
+  `nn.Dense`: training and inference) or "conv" (the mean kept as a (B, 1, 1, C) map through
+  1x1 convolutions with the Dense variables: exporters write GlobalAveragePool + Conv, as a
+  PyTorch export of the network is, where the vector form becomes ReduceSum + Div + Gemm with
+  reshapes and layout transposes around it).
+  """
   reduced: int
+  form: str = "dense"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    pooled = x.mean(axis=(1, 2))                                            # (B, C)
-    s = nn.swish(nn.Dense(self.reduced, dtype=self.dtype, name="reduce")(pooled))
-    s = nn.sigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
-    return x * s[:, None, None, :]
+    if self.form == "conv":
+      pooled = jnp.mean(x, axis=(1, 2), keepdims=True)                      # (B, 1, 1, C)
+      layer = PointwiseDense
+    elif self.form == "dense":
+      pooled = x.mean(axis=(1, 2))                                          # (B, C)
+      layer = nn.Dense
+    else:
+      raise ValueError(f"unknown squeeze-excitation form {self.form!r}; expected one of "
+                       f"{SQUEEZE_EXCITE_FORMS}")
+    s = nn.swish(layer(self.reduced, dtype=self.dtype, name="reduce")(pooled))
+    s = nn.sigmoid(layer(x.shape[-1], dtype=self.dtype, name="expand")(s))
+    return x * (s if self.form == "conv" else s[:, None, None, :])
 
 
 class MBConv(nn.Module):
@@ -66,6 +99,7 @@ class MBConv(nn.Module):
   drop_connect_rate: float
   depthwise: str = "auto"
   folded_bn: bool = False
+  squeeze_excite: str = "dense"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -78,7 +112,8 @@ class MBConv(nn.Module):
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
                       depthwise=self.depthwise, folded_bn=self.folded_bn, dtype=self.dtype)(
                           y, train)
-    y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
+    y = SqueezeExcite(max(1, self.in_channels // 4), self.squeeze_excite, dtype=self.dtype,
+                      name="se")(y)
     y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, folded_bn=self.folded_bn,
                dtype=self.dtype, name="project")(y, train)
     if self.stride == 1 and self.in_channels == self.out_channels:
@@ -93,11 +128,12 @@ class EfficientNetFeatures(nn.Module):
 
   Submodules are named as the reference's `features[i]`: `stem` is 0, `block_i` for i >= 1.
   `depthwise` picks the depthwise-conv implementation (see `layers.Conv`), `folded_bn` as in
-  `layers.ConvBN`.
+  `layers.ConvBN`, `squeeze_excite` the form of `SqueezeExcite`.
   """
   spec: ScalingSpec
   depthwise: str = "auto"
   folded_bn: bool = False
+  squeeze_excite: str = "dense"
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -110,7 +146,8 @@ class EfficientNetFeatures(nn.Module):
         blocks.append(MBConv(
             in_channels, stage.channels, stage.expand_ratio, stage.kernel_size,
             stage.stride if repeat == 0 else 1, spec.drop_connect_rate, self.depthwise,
-            self.folded_bn, dtype=self.dtype, name=f"block_{len(blocks) + 1}"))
+            self.folded_bn, self.squeeze_excite, dtype=self.dtype,
+            name=f"block_{len(blocks) + 1}"))
         in_channels = stage.channels
     self.blocks = blocks
 

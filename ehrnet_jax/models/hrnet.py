@@ -25,13 +25,15 @@ class HighResolutionModule(nn.Module):
   Output branch i sums every input branch j brought to its resolution: j > i by 1x1 conv + BN and
   nearest upsampling, j < i by a chain of stride-2 3x3 convs (BN + ReLU between them, BN at the
   end), then ReLU. With `multi_scale_output=False` only branch 0 is produced. Branch b carries
-  `aligned(widths[b], align)` channels (see `layers.Conv`); `folded_bn` as in `layers.ConvBN`.
+  `aligned(widths[b], align)` channels (see `layers.Conv`); `folded_bn` as in `layers.ConvBN`,
+  `upsample` the form of `layers.upsample_nearest`.
   """
   widths: tuple[int, ...]
   blocks_per_branch: int
   multi_scale_output: bool = True
   align: int = 1
   folded_bn: bool = False
+  upsample: str = "repeat"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -48,7 +50,7 @@ class HighResolutionModule(nn.Module):
         if j > i:
           x = ConvBN(self.widths[i], 1, in_features=self.widths[j], align=self.align,
                      folded_bn=self.folded_bn, dtype=self.dtype, name=f"fuse{i}_{j}")(x, train)
-          fused = fused + upsample_nearest(x, 2 ** (j - i))
+          fused = fused + upsample_nearest(x, 2 ** (j - i), self.upsample)
         elif j < i:
           for step in range(i - j):
             last = step == i - j - 1
@@ -63,10 +65,12 @@ class HighResolutionModule(nn.Module):
 
 class HighResolutionNetwork(nn.Module):
   """Stages 2-4 with their transitions; returns the 1/4-resolution features
-  (B, H/4, W/4, aligned(w0, align)), zero beyond w0. `folded_bn` as in `layers.ConvBN`."""
+  (B, H/4, W/4, aligned(w0, align)), zero beyond w0. `folded_bn` as in `layers.ConvBN`,
+  `upsample` as in `HighResolutionModule`."""
   spec: ScalingSpec
   align: int = 1
   folded_bn: bool = False
+  upsample: str = "repeat"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -89,6 +93,7 @@ class HighResolutionNetwork(nn.Module):
         last = stage == 4 and m == num_modules - 1
         branches = HighResolutionModule(
             widths[:stage], self.spec.blocks_per_branch, multi_scale_output=not last,
-            align=align, folded_bn=folded, dtype=dtype, name=f"stage{stage}_module{m}")(
+            align=align, folded_bn=folded, upsample=self.upsample, dtype=dtype,
+            name=f"stage{stage}_module{m}")(
                 branches, train)
     return branches[0]

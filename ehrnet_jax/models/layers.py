@@ -639,6 +639,19 @@ def fold_batch_norm(variables: dict[str, Any]) -> dict[str, Any]:
           "batch_stats": traverse_util.unflatten_dict(stats)}
 
 
-def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
-  """Nearest-neighbour upsampling of NHWC maps by an integer factor."""
+UPSAMPLE_FORMS = ("repeat", "resize")
+
+
+def upsample_nearest(x: jax.Array, factor: int, form: str = "repeat") -> jax.Array:
+  """Nearest-neighbour upsampling of NHWC maps by an integer factor.
+
+  `form`: "repeat" (`jnp.repeat` on both axes: training and inference) or "resize"
+  (`jax.image.resize(method="nearest")`, the same copies: exporters write it as one ONNX Resize
+  where the repeats become Reshape + Expand chains; it needs a static batch to trace).
+  """
+  if form == "resize":
+    batch, height, width, channels = x.shape
+    return jax.image.resize(x, (batch, height * factor, width * factor, channels), "nearest")
+  if form != "repeat":
+    raise ValueError(f"unknown upsampling form {form!r}; expected one of {UPSAMPLE_FORMS}")
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
