@@ -218,10 +218,13 @@ def against_pytorch(name, repeats, aligns, tmp):
           "ms": interleaved_ms(sessions, feed, repeats)}
 
 
-def print_against_pytorch(rows):
+def print_against_pytorch_header():
   print("| variant | graph | " + " | ".join(LEAN_OPS) + " | other ops | max diff vs PyTorch "
         "| ORT ms (median) | ratio to PyTorch |")
   print("|---|---|" + "---|" * (len(LEAN_OPS) + 4))
+
+
+def print_against_pytorch(rows):
   for row in rows:
     for key in ["pytorch", *[k for k in row["ops"] if k != "pytorch"]]:
       ops = row["ops"][key]
@@ -260,14 +263,13 @@ def main():
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, device {jax.devices()[0].device_kind}")
   if args.against_pytorch:
-    rows = []
+    print_against_pytorch_header()
     with tempfile.TemporaryDirectory(prefix="export_bench_") as tmp:
       for name in args.variants.split(","):
         aligns = (1, 8) if name in args.align_variants.split(",") else (
             network.EXPORT_CHANNEL_ALIGN,)
-        rows.append(against_pytorch(name, args.repeats, aligns, pathlib.Path(tmp)))
-        print(f"<!-- {name} done, load {os.getloadavg()} -->", flush=True)
-    print_against_pytorch(rows)
+        print_against_pytorch([against_pytorch(name, args.repeats, aligns, pathlib.Path(tmp))])
+        print(f"<!-- {name}: load average {os.getloadavg()} -->", flush=True)
     return
   print("| variant | size | export s | max err b1 static | max err b2 dynamic | people (same "
         "count) | joints moved | onnxruntime ms | JAX jit ms |")

@@ -26,7 +26,7 @@ import tolerances
 SPEC = ScalingSpec.from_name("H-4")
 # Operators the exported graph may use (all in the default ONNX domain): those of a PyTorch
 # export of the network (Transpose only at an NHWC graph's input and outputs; Slice to split the
-# 1/4-resolution maps into heatmaps and tags).
+# 1/4-resolution maps into heatmaps and tags, on the channel axis alone).
 STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Concat", "Slice",
                 "Resize", "GlobalAveragePool", "Transpose"}
 
@@ -47,6 +47,10 @@ def assert_lean(model: onnx.ModelProto, layout: str, extra_ops=frozenset()) -> N
     ends = {model.graph.input[0].name} | {o.name for o in model.graph.output}
     assert len(transposes) == 4 and all({*t.input, *t.output} & ends for t in transposes)
   constants = {i.name for i in model.graph.initializer}
+  for node in model.graph.node:
+    if node.op_type == "Slice":
+      axes = next(i for i in model.graph.initializer if i.name == node.input[3])
+      assert onnx.numpy_helper.to_array(axes).tolist() == [1]  # channels, inside the graph
   producer = {o: n for n in model.graph.node for o in n.output}
   for node in model.graph.node:
     if node.op_type in ("Add", "Mul") and set(node.input) & constants:

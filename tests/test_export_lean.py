@@ -145,11 +145,18 @@ def test_resize_sizes_become_scales_and_reduce_mean_axes_an_attribute():
 
 
 def test_batch_made_dynamic_only_where_no_operator_depends_on_it():
+  """A Slice of every axis (as jax2onnx writes one) keeps only the axis it cuts; a Pad of
+  nothing goes; then the batch can be dynamic. A Reshape to (1, 32) cannot."""
   conv = _model([helper.make_node("Conv", ["x", "w"], ["c"]),
-                 helper.make_node("Slice", ["c", "starts", "ends"], ["out"])],
+                 helper.make_node("Pad", ["c", "no_pads"], ["p"]),
+                 helper.make_node("Slice", ["p", "starts", "ends"], ["out"])],
                 [("x", [1, 2, 4, 4])], [("out", [1, 1, 4, 4])],
                 {"w": np.ones((3, 2, 1, 1), np.float32), "starts": np.zeros(4, np.int64),
-                 "ends": np.array([1, 1, 4, 4], np.int64)})
+                 "ends": np.array([1, 1, 4, 4], np.int64), "no_pads": np.zeros(8, np.int64)})
+  lean.remove_no_op_slices_and_pads(conv)
+  assert _ops(conv) == ["Conv", "Slice"]
+  slice_axes = next(i for i in conv.graph.initializer if i.name == conv.graph.node[1].input[3])
+  assert numpy_helper.to_array(slice_axes).tolist() == [1]
   dynamic = lean.make_batch_dynamic(_copy(conv))
   onnx.checker.check_model(dynamic, full_check=True)
   assert dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -15,7 +15,8 @@ opset 18 (it writes the axes as an input, which only opset 18 has); `resize_scal
 turns a static Resize's `sizes` into `scales` (the same copies at any batch size);
 `fold_affine_into_convolutions` puts a per-channel Mul or Add after a convolution into its
 weights and bias (also for ConvTranspose, which onnxruntime does not fold);
-`global_average_pools` writes a ReduceMean over both spatial axes of an NCHW map as
+`remove_no_op_slices_and_pads` drops what jax2onnx writes for slices that keep an axis whole
+and pads of nothing; `global_average_pools` writes a ReduceMean over both spatial axes of an NCHW map as
 GlobalAveragePool; `make_batch_dynamic` names the batch dimension of a graph traced at a fixed
 batch after checking that no operator depends on it.
 
@@ -407,33 +408,56 @@ def _batch_free(g: _Graph, node: onnx.NodeProto) -> bool:
   return True
 
 
-def _slices_keep_whole_batch(g: _Graph) -> None:
-  """Drops axis 0 from Slices that keep all of it at batch 1 (start 0, end >= 1, step 1)."""
-  for node in g.graph.node:
-    if node.op_type != "Slice" or any(g.constant(n) is None for n in node.input[1:] if n):
+def _bypass(g: _Graph, node: onnx.NodeProto) -> None:
+  """Removes `node`, its consumers reading its first input instead."""
+  if node.output[0] in g.outputs:
+    node.op_type = "Identity"
+    del node.input[1:]
+    del node.attribute[:]
+    return
+  for consumer in g.consumers.get(node.output[0], []):
+    for k, name in enumerate(consumer.input):
+      if name == node.output[0]:
+        consumer.input[k] = node.input[0]
+  g.graph.node.remove(node)
+
+
+def remove_no_op_slices_and_pads(model: onnx.ModelProto) -> onnx.ModelProto:
+  """Drops the axes a Slice keeps whole (start 0, step 1, end past the static size; jax2onnx
+  lists every axis, the batch's included) and Pads of zeros (channel alignment 1's)."""
+  shapes = _static_shapes(model)
+  g = _Graph(model)
+  for node in list(g.graph.node):
+    params = [g.constant(n) for n in node.input[1:] if n]
+    if node.op_type not in ("Slice", "Pad") or any(p is None for p in params):
       continue
-    starts, ends = g.constant(node.input[1]), g.constant(node.input[2])
+    if node.op_type == "Pad":
+      if not params[0].any():
+        _bypass(g, node)
+      continue
+    shape = shapes.get(node.input[0])
+    if shape is None:
+      continue
+    starts, ends = params[0], params[1]
     axes = (g.constant(node.input[3]) if len(node.input) > 3 and node.input[3]
             else np.arange(len(starts)))
     steps = (g.constant(node.input[4]) if len(node.input) > 4 and node.input[4]
              else np.ones(len(starts), np.int64))
     keep = [k for k in range(len(starts))
-            if not (axes[k] == 0 and starts[k] == 0 and ends[k] >= 1 and steps[k] == 1)]
-    if len(keep) == len(starts) or not keep:
-      continue
-    node.input[1] = g.add_constant(starts[keep], "slice_starts")
-    node.input[2] = g.add_constant(ends[keep], "slice_ends")
-    if len(node.input) < 5:
-      node.input.extend([""] * (5 - len(node.input)))
-    node.input[3] = g.add_constant(np.asarray(axes, np.int64)[keep], "slice_axes")
-    node.input[4] = g.add_constant(np.asarray(steps, np.int64)[keep], "slice_steps")
+            if not (starts[k] == 0 and steps[k] == 1 and ends[k] >= shape[int(axes[k])])]
+    if not keep:
+      _bypass(g, node)
+    elif len(keep) < len(starts):
+      del node.input[1:]
+      node.input.extend([g.add_constant(np.asarray(a, np.int64)[keep], name) for a, name in (
+          (starts, "slice_starts"), (ends, "slice_ends"), (axes, "slice_axes"),
+          (steps, "slice_steps"))])
+  return remove_unused(model)
 
 
 def make_batch_dynamic(model: onnx.ModelProto, name: str = "batch") -> onnx.ModelProto:
   """The first dimension of every graph input and output named `name` (a dynamic batch) in a
   graph traced at batch 1, after checking that no operator depends on it."""
-  _slices_keep_whole_batch(_Graph(model))
-  remove_unused(model)
   g = _Graph(model)
   fixed = sorted({n.op_type for n in g.graph.node if not _batch_free(g, n)})
   if fixed:
@@ -454,6 +478,7 @@ def lean(model: onnx.ModelProto) -> onnx.ModelProto:
   average pools: for a graph whose shape arithmetic
   has been folded into constants (static shapes throughout)."""
   resize_scales_from_sizes(model)
+  remove_no_op_slices_and_pads(model)
   sink_transposes(model)
   fold_affine_into_convolutions(model)
   return global_average_pools(model)
