@@ -26,19 +26,20 @@ import tolerances
 SPEC = ScalingSpec.from_name("H-4")
 # Operators the exported graph may use (all in the default ONNX domain): those of a PyTorch
 # export of the network (Transpose only at an NHWC graph's input and outputs; Slice to split the
-# 1/4-resolution maps into heatmaps and tags, on the channel axis alone).
+# 1/4-resolution maps into heatmaps and tags, Slice and Pad for the zero channels of channel
+# alignment, all on the channel axis alone).
 STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Concat", "Slice",
-                "Resize", "GlobalAveragePool", "Transpose"}
+                "Pad", "Resize", "GlobalAveragePool", "Transpose"}
 
 
-def assert_lean(model: onnx.ModelProto, layout: str, extra_ops=frozenset()) -> None:
+def assert_lean(model: onnx.ModelProto, layout: str) -> None:
   """The graph a deployment runtime wants: standard operators only; no layout Transpose inside
   (NCHW: none at all; NHWC: one after the input, one before each output); upsampling as Resize
   and squeeze-excitation pooling as GlobalAveragePool (no Reshape, Expand, Gemm, ReduceSum);
   every bias and batch-norm affine inside its convolution (no Add or Mul of a constant right
-  after a Conv or ConvTranspose). `extra_ops`: further operators allowed."""
+  after a Conv or ConvTranspose)."""
   ops = [node.op_type for node in model.graph.node]
-  assert set(ops) <= STANDARD_OPS | extra_ops and {"Conv", "ConvTranspose", "Resize",
+  assert set(ops) <= STANDARD_OPS and {"Conv", "ConvTranspose", "Resize",
                                        "GlobalAveragePool"} <= set(ops), set(ops)
   transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
   if layout == "NCHW":
@@ -47,10 +48,12 @@ def assert_lean(model: onnx.ModelProto, layout: str, extra_ops=frozenset()) -> N
     ends = {model.graph.input[0].name} | {o.name for o in model.graph.output}
     assert len(transposes) == 4 and all({*t.input, *t.output} & ends for t in transposes)
   constants = {i.name for i in model.graph.initializer}
-  for node in model.graph.node:
+  values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+  for node in model.graph.node:  # inside the graph, channels are axis 1
     if node.op_type == "Slice":
-      axes = next(i for i in model.graph.initializer if i.name == node.input[3])
-      assert onnx.numpy_helper.to_array(axes).tolist() == [1]  # channels, inside the graph
+      assert values[node.input[3]].tolist() == [1]
+    if node.op_type == "Pad":
+      assert values[node.input[1]].reshape(2, 4)[:, [0, 2, 3]].tolist() == [[0] * 3] * 2
   producer = {o: n for n in model.graph.node for o in n.output}
   for node in model.graph.node:
     if node.op_type in ("Add", "Mul") and set(node.input) & constants:
@@ -137,7 +140,7 @@ def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path
   options = network.ExportOptions((128, 96), batch=1, layout="NCHW", channel_align=8)
   model = onnx_export.export_onnx(SPEC, h4_variables, options, opset=18)
   assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 128, 96]
-  assert_lean(model, "NCHW", extra_ops={"Pad"})  # Pad: the zero channels of alignment 8
+  assert_lean(model, "NCHW")
   backend = onnx_runtime.OnnxNetwork(onnx_export.save(model, tmp_path / "h4.onnx"))
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (2, 96, 64, 3), np.uint8)
