@@ -25,7 +25,7 @@ from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
 
 OUTPUT_NAMES = ("heatmaps_4", "tags_4", "heatmaps_2")
-EXPORT_CHANNEL_ALIGN = 8
+EXPORT_CHANNEL_ALIGN = 1
 INPUT_NAME = "images"
 LAYOUTS = ("NHWC", "NCHW")
 
