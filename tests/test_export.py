@@ -215,8 +215,7 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
   abound: float32 noise moves 0.84% of the joints to another pixel (measured with the lean graph,
   which onnxruntime's NCHWc kernels run whole; 0.2% with the earlier graph; JAX's own host and
   device decoders, fed the same network outputs, disagree on 0.04%). Everything else is equal
-  within 1e-3 px, and so are the scores of the people none of whose joints moved; a wrong model
-  or decoding would move most joints.
+  within 1e-3 px; a wrong model or decoding would move most joints.
   """
   images = [str(coco_mini_dir / "train2017" / name)
             for name in ("000000183872.jpg", "000000030752.jpg")]
@@ -234,11 +233,11 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
                      for entries in (onnx_entries, jax_entries))
   moved = np.abs(found[..., :2] - expected[..., :2]).max(-1) > 1e-3
   assert moved.mean() < 0.02, moved.mean()
-  # A person's score is the mean of its joints' heatmap values: equal where no joint moved.
-  same = ~moved.any(-1)
-  np.testing.assert_allclose(np.array([e["score"] for e in onnx_entries])[same],
-                             np.array([e["score"] for e in jax_entries])[same], rtol=1e-4,
-                             atol=1e-4)
+  # A person's score is the mean of its joints' values before refine, where a near tie can pick
+  # another candidate that refine then moves to the same place: up to 6.5e-4 apart (measured,
+  # scores ~3); a wrong graph is off by O(1).
+  np.testing.assert_allclose([e["score"] for e in onnx_entries],
+                             [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-3)
 
 
 def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
