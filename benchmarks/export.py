@@ -17,6 +17,16 @@ PyTorch-like random weights (latency does not depend on them; parity is measured
 output magnitudes).
 With --tensorrt (on a GPU machine with trtexec), FP32 and FP16 engines are built from the
 batch-1 ONNX and timed by trtexec.
+
+With --against-pytorch: the authors' network rebuilt in PyTorch (`reference_step.py`), with
+PyTorch-like random weights and batch-norm statistics, is exported by torch.onnx (TorchScript
+exporter, opset 17, eval mode, constant folding) and ours with the same weights (converted by
+`ehrnet_jax.convert`) as NCHW batch 1 at opset 17; for each variant the table gives both
+graphs' operator counts, the largest output difference, and onnxruntime's median batch-1
+latency (CPU, 2 intra-op threads, the two sessions timed alternately). --align-variants adds
+our export with channel alignment 1 and 8 to those variants' rows (timed in the same rotation).
+
+  python benchmarks/export.py --against-pytorch --repeats 30 --align-variants H0,H-4
 """
 
 import argparse
@@ -30,6 +40,7 @@ import time
 
 import jax
 import numpy as np
+import onnx
 import onnxruntime
 
 from ehrnet_jax import convert, inference, keypoints, samples, weights
@@ -134,6 +145,95 @@ def run_variant(name, checkpoint, reference_dir, repeats, tmp, use_tensorrt):
   return row
 
 
+LEAN_OPS = ("Conv", "ConvTranspose", "Transpose", "Reshape", "Expand", "Resize",
+            "GlobalAveragePool", "ReduceMean", "ReduceSum", "Gemm", "Add", "Mul", "Pad", "Slice")
+
+
+def pytorch_export(spec, path):
+  """The authors' network with random weights exported by torch.onnx (opset 17, NCHW, batch 1),
+  and the same weights as our variables."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import reference_step  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  model = reference_step.build_reference(reference_step.variant_phi(spec.name)).eval()
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.1, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.1, 0.1)
+  size = spec.input_size
+  torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
+                    opset_version=17, input_names=["images"],
+                    output_names=["heatmaps_and_tags_4", "heatmaps_2"], do_constant_folding=True)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  return convert.convert_state_dict(state, spec)
+
+
+def ort_session(path, threads=2):
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+  return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def interleaved_ms(sessions, feed, repeats):
+  """{name: median ms} of `sessions` run one after the other, `repeats` rounds (after one
+  warm-up round), so that the machine's load falls on all of them alike."""
+  times = {name: [] for name in sessions}
+  for round_ in range(repeats + 1):
+    for name, session in sessions.items():
+      start = time.perf_counter()
+      session.run(None, feed)
+      if round_:
+        times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def against_pytorch(name, repeats, aligns, tmp):
+  """One variant: op counts, output agreement and interleaved latencies of torch.onnx's export
+  and ours (at each channel alignment in `aligns`)."""
+  spec = ScalingSpec.from_name(name)
+  size = spec.input_size
+  torch_path = tmp / f"{name}_torch.onnx"
+  variables = pytorch_export(spec, torch_path)
+  paths = {"pytorch": torch_path}
+  ops = {"pytorch": onnx_export.operator_counts(onnx.load(str(torch_path)))}
+  for align in aligns:
+    options = network.ExportOptions((size, size), 1, "NCHW", channel_align=align)
+    model = onnx_export.export_onnx(spec, variables, options)
+    key = f"ours_align{align}"
+    paths[key] = onnx_export.save(model, tmp / f"{name}_{key}.onnx")
+    ops[key] = onnx_export.operator_counts(model)
+  sessions = {key: ort_session(path) for key, path in paths.items()}
+  feed = {"images": np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)}
+  reference = sessions["pytorch"].run(None, feed)
+  reference = [reference[0][:, :spec.num_joints], reference[0][:, spec.num_joints:],
+               reference[1]]
+  errors = {key: max_errors(s.run(None, feed), reference) for key, s in sessions.items()
+            if key != "pytorch"}
+  return {"variant": name, "size": size, "ops": ops, "errors": errors,
+          "ms": interleaved_ms(sessions, feed, repeats)}
+
+
+def print_against_pytorch_header():
+  print("| variant | graph | " + " | ".join(LEAN_OPS) + " | other ops | max diff vs PyTorch "
+        "| ORT ms (median) | ratio to PyTorch |")
+  print("|---|---|" + "---|" * (len(LEAN_OPS) + 4))
+
+
+def print_against_pytorch(rows):
+  for row in rows:
+    for key in ["pytorch", *[k for k in row["ops"] if k != "pytorch"]]:
+      ops = row["ops"][key]
+      other = sum(v for k, v in ops.items() if k not in LEAN_OPS)
+      diff = f"{row['errors'][key]:.1e}" if key in row["errors"] else "-"
+      print(f"| {row['variant']} ({row['size']}) | {key} | "
+            + " | ".join(str(ops.get(op, 0)) for op in LEAN_OPS)
+            + f" | {other} | {diff} | {row['ms'][key]:.1f} | "
+            f"{row['ms'][key] / row['ms']['pytorch']:.2f} |", flush=True)
+
+
 def trtexec_figures(onnx_path, engine_path, precision):
   """Builds and times an engine with trtexec: median GPU compute ms and throughput (qps)."""
   command = tensorrt.trtexec_command(onnx_path, engine_path, precision) + [
@@ -153,9 +253,22 @@ def main():
                       help="where <variant>_state_dict.npz fixtures are (used if present)")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--tensorrt", action="store_true", help="also time TensorRT engines")
+  parser.add_argument("--against-pytorch", action="store_true",
+                      help="compare with torch.onnx's export of the authors' network instead")
+  parser.add_argument("--align-variants", default="",
+                      help="with --against-pytorch: variants also exported with alignment 8")
   args = parser.parse_args()
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, device {jax.devices()[0].device_kind}")
+  if args.against_pytorch:
+    print_against_pytorch_header()
+    with tempfile.TemporaryDirectory(prefix="export_bench_") as tmp:
+      for name in args.variants.split(","):
+        aligns = (1, 8) if name in args.align_variants.split(",") else (
+            network.EXPORT_CHANNEL_ALIGN,)
+        print_against_pytorch([against_pytorch(name, args.repeats, aligns, pathlib.Path(tmp))])
+        print(f"<!-- {name}: load average {os.getloadavg()} -->", flush=True)
+    return
   print("| variant | size | export s | max err b1 static | max err b2 dynamic | people (same "
         "count) | joints moved | onnxruntime ms | JAX jit ms |")
   print("|---|---|---|---|---|---|---|---|---|")

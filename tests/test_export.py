@@ -21,10 +21,41 @@ import coco_testing
 import tolerances
 
 SPEC = ScalingSpec.from_name("H-4")
-# Operators the exported graph may use (all in the default ONNX domain).
-STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Div", "Gemm",
-                "ReduceSum", "Reshape", "Transpose", "Expand", "Concat", "Slice", "Shape",
-                "Gather", "Unsqueeze", "Squeeze", "Pad"}
+# Operators the exported graph may use (all in the default ONNX domain): those of a PyTorch
+# export of the network (Transpose only at an NHWC graph's input and outputs; Slice to split the
+# 1/4-resolution maps into heatmaps and tags, Slice and Pad for the zero channels of channel
+# alignment, all on the channel axis alone).
+STANDARD_OPS = {"Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Mul", "Concat", "Slice",
+                "Pad", "Resize", "GlobalAveragePool", "Transpose"}
+
+
+def assert_lean(model: onnx.ModelProto, layout: str) -> None:
+  """The graph a deployment runtime wants: standard operators only; no layout Transpose inside
+  (NCHW: none at all; NHWC: one after the input, one before each output); upsampling as Resize
+  and squeeze-excitation pooling as GlobalAveragePool (no Reshape, Expand, Gemm, ReduceSum);
+  every bias and batch-norm affine inside its convolution (no Add or Mul of a constant right
+  after a Conv or ConvTranspose)."""
+  ops = [node.op_type for node in model.graph.node]
+  assert set(ops) <= STANDARD_OPS and {"Conv", "ConvTranspose", "Resize",
+                                       "GlobalAveragePool"} <= set(ops), set(ops)
+  transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+  if layout == "NCHW":
+    assert not transposes
+  else:
+    ends = {model.graph.input[0].name} | {o.name for o in model.graph.output}
+    assert len(transposes) == 4 and all({*t.input, *t.output} & ends for t in transposes)
+  constants = {i.name for i in model.graph.initializer}
+  values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+  for node in model.graph.node:  # inside the graph, channels are axis 1
+    if node.op_type == "Slice":
+      assert values[node.input[3]].tolist() == [1]
+    if node.op_type == "Pad":
+      assert values[node.input[1]].reshape(2, 4)[:, [0, 2, 3]].tolist() == [[0] * 3] * 2
+  producer = {o: n for n in model.graph.node for o in n.output}
+  for node in model.graph.node:
+    if node.op_type in ("Add", "Mul") and set(node.input) & constants:
+      sources = [producer.get(i) for i in node.input if i not in constants]
+      assert not any(s is not None and s.op_type.startswith("Conv") for s in sources), node
 
 
 def jax_outputs(variables, images):
@@ -60,8 +91,7 @@ def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
   model = onnx.load(str(h4_onnx))
   onnx.checker.check_model(model, full_check=True)
   assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
-  ops = {node.op_type for node in model.graph.node}
-  assert ops <= STANDARD_OPS and {"Conv", "ConvTranspose"} <= ops, ops
+  assert_lean(model, "NHWC")
   assert all(node.domain == "" for node in model.graph.node)
   dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
           for value in [*model.graph.input, *model.graph.output]]
@@ -85,8 +115,12 @@ def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
 
 
 def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_variables):
-  """Against the network computed in float64: onnxruntime's error is within 1e-4 and no larger
-  than JAX's own float32 error plus 2e-5 (rounding, not a different graph)."""
+  """Against the network computed in float64: onnxruntime's error is within 2e-4 and at most
+  twice JAX's own float32 error (rounding, not a different graph, which is off by O(1)).
+
+  Measured: JAX 6.9e-5, onnxruntime 9.6e-5 with its graph optimisations off and 1.13e-4 at its
+  default level, whose NCHWc kernels (blocked channels, fused residual sums) run the whole lean
+  graph (outputs up to 16)."""
   session = onnxruntime.InferenceSession(str(h4_onnx), providers=["CPUExecutionProvider"])
   images = np.random.default_rng(3).normal(size=(1, 384, 576, 3)).astype(np.float32)
   float32 = jax_outputs(h4_variables, images)
@@ -98,15 +132,17 @@ def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_varia
     exact = [np.asarray(o) for o in exact]
   for found, jax32, truth in zip(session.run(None, {"images": images}), float32, exact):
     onnx_error, jax_error = np.abs(found - truth).max(), np.abs(jax32 - truth).max()
-    assert onnx_error <= 1e-4 and onnx_error <= jax_error + 2e-5, (onnx_error, jax_error)
+    assert onnx_error <= 2e-4 and onnx_error <= 2 * jax_error, (onnx_error, jax_error)
 
 
 def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path):
-  """Batch 1, NCHW, opset 18: the runtime splits a batch of 2, pads smaller images with black."""
-  options = network.ExportOptions((128, 96), batch=1, layout="NCHW")
+  """Batch 1, NCHW, opset 18, channel alignment 8: no layout Transpose; the runtime splits a
+  batch of 2, pads smaller images with black."""
+  options = network.ExportOptions((128, 96), batch=1, layout="NCHW", channel_align=8)
   model = onnx_export.export_onnx(SPEC, h4_variables, options, opset=18)
   assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 128, 96]
   assert not {node.op_type for node in model.graph.node} & {"BatchNormalization", "Sqrt"}
+  assert_lean(model, "NCHW")
   backend = onnx_decoder.OnnxNetwork(onnx_export.save(model, tmp_path / "h4.onnx"))
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (2, 96, 64, 3), np.uint8)
@@ -174,7 +210,8 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
   """Photos whose test size is the exported 576x384: the same people as the JAX backend.
 
   The bundled random weights find ~500 "people" per photo on noisy maps, where near-ties
-  abound: float32 noise moves 0.2% of the joints to another pixel (measured; JAX's own host and
+  abound: float32 noise moves 0.84% of the joints to another pixel (measured with the lean graph,
+  which onnxruntime's NCHWc kernels run whole; 0.2% with the earlier graph; JAX's own host and
   device decoders, fed the same network outputs, disagree on 0.04%). Everything else is equal
   within 1e-3 px; a wrong model or decoding would move most joints.
   """
@@ -190,12 +227,15 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
   assert [(e["image_id"], e["file_name"]) for e in onnx_entries] == [
       (e["image_id"], e["file_name"]) for e in jax_entries]
   assert {e["image_id"] for e in jax_entries} == {1, 2}
-  np.testing.assert_allclose([e["score"] for e in onnx_entries],
-                             [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-4)
   found, expected = (np.array([e["keypoints"] for e in entries]).reshape(-1, 17, 3)
                      for entries in (onnx_entries, jax_entries))
   moved = np.abs(found[..., :2] - expected[..., :2]).max(-1) > 1e-3
-  assert moved.mean() < 0.005, moved.mean()
+  assert moved.mean() < 0.02, moved.mean()
+  # A person's score is the mean of its joints' values before refine, where a near tie can pick
+  # another candidate that refine then moves to the same place: up to 6.5e-4 apart (measured,
+  # scores ~3); a wrong graph is off by O(1).
+  np.testing.assert_allclose([e["score"] for e in onnx_entries],
+                             [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-3)
 
 
 def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):

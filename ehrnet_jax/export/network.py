@@ -1,11 +1,14 @@
 """The network as exported: eval mode, a fixed spatial size, NHWC or NCHW tensors.
 
-Exported graphs are traced in `ExecutionForm.export()`: XLA's grouped convolution for the
+The network is traced in `ExecutionForm.export()`, which spells each layer as the operator a
+deployment runtime has for it, with the same numbers: XLA's grouped convolution for the
 depthwise layers (the shifted-slices form of the CPU would become k*k slices and multiplies per
-layer in ONNX) and the plain transposed convolution, which ONNX and TensorRT run natively.
-Eval-mode batch norm is folded into
-the convolutions by the model itself (`ConvBN`); the remaining per-channel arithmetic on the
-weights is constant-folded after export.
+layer in ONNX), the plain transposed convolution in the head (ONNX ConvTranspose), nearest
+upsampling as `jax.image.resize` (one Resize instead of Reshape + Expand chains) and the
+squeeze-excitation as a spatial mean and 1x1 convolutions (GlobalAveragePool + Conv instead of
+ReduceSum + Div + Gemm and reshapes). Eval-mode batch norm is folded into the convolutions by
+the model itself (`ConvBN`); the remaining per-channel arithmetic on the weights is
+constant-folded after export.
 """
 
 import dataclasses
@@ -20,6 +23,9 @@ from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 
 OUTPUT_NAMES = ("heatmaps_4", "tags_4", "heatmaps_2")
+# The zero-channel padding of the high-resolution widths in exported graphs: the export form's
+# (`ExecutionForm.export`), chosen by onnxruntime latency (BENCHMARKS.md, "Export").
+EXPORT_CHANNEL_ALIGN = ExecutionForm.export().channel_align
 INPUT_NAME = "images"
 LAYOUTS = ("NHWC", "NCHW")
 
@@ -30,10 +36,13 @@ class ExportOptions:
 
   image_hw: network input (H, W), multiples of 32. batch: a fixed batch size, or None for a
   dynamic batch dimension. layout: "NHWC" or "NCHW", for the input and the three outputs.
+  channel_align: the zero-channel padding of the high-resolution widths inside the graph (see
+  `ExecutionForm.channel_align`; the outputs are the same).
   """
   image_hw: tuple[int, int]
   batch: int | None = None
   layout: str = "NHWC"
+  channel_align: int = EXPORT_CHANNEL_ALIGN
 
   def input_shape(self, batch_name: str = "batch") -> tuple:
     h, w = self.image_hw
@@ -64,11 +73,18 @@ def parse_batch(text: str) -> int | None:
   return int(text)
 
 
-def inference_fn(spec: ScalingSpec, layout: str = "NHWC") -> Callable:
+def export_model(spec: ScalingSpec, channel_align: int = EXPORT_CHANNEL_ALIGN) -> EfficientHRNet:
+  """The network in its export form (see the module docstring)."""
+  return EfficientHRNet(spec, dataclasses.replace(ExecutionForm.export(),
+                                                  channel_align=channel_align))
+
+
+def inference_fn(spec: ScalingSpec, layout: str = "NHWC",
+                 channel_align: int = EXPORT_CHANNEL_ALIGN) -> Callable:
   """(variables, images (layout)) -> (heatmaps_4, tags_4, heatmaps_2) (layout)."""
   if layout not in LAYOUTS:
     raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  model = EfficientHRNet(spec, ExecutionForm.export())
+  model = export_model(spec, channel_align)
 
   def fn(variables, images):
     if layout == "NCHW":

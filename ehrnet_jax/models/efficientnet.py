@@ -8,6 +8,7 @@ That equals TF 'SAME' only for even input sizes, so it is spelled out here.
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from ehrnet_jax.models.execution import ExecutionForm
@@ -40,17 +41,37 @@ def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+class PointwiseDense(nn.Dense):
+  """`nn.Dense` (same variables) applied to the channels of an NHWC map as a 1x1 convolution."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    y = lax.conv_general_dilated(x.astype(self.dtype), kernel[None, None].astype(self.dtype),
+                                 (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
 class SqueezeExcite(nn.Module):
-  """Channel attention: global average pool, reduce + swish, expand + sigmoid, rescale."""
+  """Channel attention: global average pool, reduce + swish, expand + sigmoid, rescale.
+
+  The pooled values go through the layers as a (B, C) vector (`nn.Dense`) or, where
+  `form.squeeze_excite == "conv"`, as a (B, 1, 1, C) map (`PointwiseDense`, the same variables).
+  """
   reduced: int
+  form: ExecutionForm = ExecutionForm()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    pooled = x.mean(axis=(1, 2))                                            # (B, C)
-    s = nn.swish(nn.Dense(self.reduced, dtype=self.dtype, name="reduce")(pooled))
-    s = nn.sigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
-    return x * s[:, None, None, :]
+    as_map = self.form.squeeze_excite == "conv"
+    pooled = jnp.mean(x, axis=(1, 2), keepdims=as_map)               # (B, C) or (B, 1, 1, C)
+    layer = PointwiseDense if as_map else nn.Dense
+    s = nn.swish(layer(self.reduced, dtype=self.dtype, name="reduce")(pooled))
+    s = nn.sigmoid(layer(x.shape[-1], dtype=self.dtype, name="expand")(s))
+    return x * (s if as_map else s[:, None, None, :])
 
 
 class MBConv(nn.Module):
@@ -76,7 +97,7 @@ class MBConv(nn.Module):
       y = backbone_conv(hidden, 1, name="expand", form=self.form, dtype=self.dtype)(y, train)
     y = backbone_conv(hidden, self.kernel_size, self.stride, groups=hidden, name="depthwise",
                       form=self.form, dtype=self.dtype)(y, train)
-    y = SqueezeExcite(max(1, self.in_channels // 4), dtype=self.dtype, name="se")(y)
+    y = SqueezeExcite(max(1, self.in_channels // 4), self.form, dtype=self.dtype, name="se")(y)
     y = ConvBN(self.out_channels, 1, kernel_init=kaiming_fan_out, form=self.form,
                dtype=self.dtype, name="project")(y, train)
     if self.stride == 1 and self.in_channels == self.out_channels:

@@ -22,6 +22,7 @@ Activation = Callable[[jax.Array], jax.Array] | None
 
 DEPTHWISE = ("conv", "shifted")
 DENSE_TRAINING = ("autodiff", "cpu_kernels")
+SQUEEZE_EXCITE = ("dense", "conv")
 # The named forms (`ExecutionForm.named`).
 NAMES = ("plain", "cpu_training", "cpu_inference", "accelerator_training",
          "accelerator_inference", "export")
@@ -49,6 +50,11 @@ class ExecutionForm:
     such as 16/32 than on 14/27).
   fold_batch_norm: evaluation on `fold_batch_norm(variables)`: each batch norm already folded
     into its convolution, once rather than on every call.
+  upsample: nearest upsampling as "repeat" (`jnp.repeat`) or "resize" (`jax.image.resize`,
+    which exporters write as one Resize; needs a static batch to trace); see `ops.upsample`.
+  squeeze_excite: the squeeze-excitation's pooled vector through "dense" layers, or kept as a
+    (B, 1, 1, C) map through 1x1 "conv"olutions with the same variables (exporters write
+    GlobalAveragePool + Conv instead of ReduceSum + Div + Gemm with reshapes and transposes).
   """
   depthwise: str = "conv"
   transposed_conv: str = "conv_transpose"
@@ -57,10 +63,13 @@ class ExecutionForm:
   store_residuals: bool = False
   channel_align: int = 1
   fold_batch_norm: bool = False
+  upsample: str = "repeat"
+  squeeze_excite: str = "dense"
 
   def __post_init__(self):
     for field, allowed in (("depthwise", DEPTHWISE), ("transposed_conv", conv_transpose.FORMS),
-                           ("dense_training", DENSE_TRAINING)):
+                           ("dense_training", DENSE_TRAINING), ("upsample", upsample.METHODS),
+                           ("squeeze_excite", SQUEEZE_EXCITE)):
       if getattr(self, field) not in allowed:
         raise ValueError(f"ExecutionForm.{field}: expected one of {allowed}; "
                          f"got {getattr(self, field)!r}")
@@ -103,9 +112,11 @@ class ExecutionForm:
 
   @classmethod
   def export(cls) -> "ExecutionForm":
-    """Exported graphs (ONNX, SavedModel): the primitives deployment runtimes know, no
-    alignment channels."""
-    return cls()
+    """Exported graphs (ONNX, SavedModel): each layer as the operator deployment runtimes have
+    for it (grouped convolution, ConvTranspose, Resize, GlobalAveragePool + Conv); no alignment
+    channels: alignment 8 measured no faster in onnxruntime and adds Pad/Slice nodes
+    (BENCHMARKS.md, "Export")."""
+    return cls(upsample="resize", squeeze_excite="conv")
 
   @classmethod
   def named(cls, name: str) -> "ExecutionForm":
@@ -156,7 +167,6 @@ class ExecutionForm:
     """The output of a residual block (`x` itself; stored once in training if so chosen)."""
     return residual.stored_once(x) if train and self.store_residuals else x
 
-  @staticmethod
-  def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  def upsample_nearest(self, x: jax.Array, factor: int) -> jax.Array:
     """Nearest-neighbour upsampling of NHWC maps by an integer factor."""
-    return upsample.upsample_nearest(x, factor)
+    return upsample.upsample_nearest(x, factor, self.upsample)
