@@ -11,7 +11,7 @@ from ehrnet_jax.cli import main
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant
-from tolerances import assert_close_to_rounding
+from support.tolerances import assert_close_to_rounding
 
 H4 = ScalingSpec.from_name("H-4")
 NUM_CLASSES = 10

@@ -23,7 +23,7 @@ from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientNetClassifier
 from ehrnet_jax.training import loop, optim, tasks
 from ehrnet_jax.training.evaluation import top_k_hits
-from test_classification_support import TinyClassifier, mock_classification_tfds
+from support.tiny_classification import TinyClassifier, mock_classification_tfds
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 SIZE = 32

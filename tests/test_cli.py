@@ -10,7 +10,7 @@ import pytest
 
 from ehrnet_jax import samples
 from ehrnet_jax.cli import build_parser, main
-import coco_testing
+from support import coco_testing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import data_testing
+from support import data_testing
 from ehrnet_jax import transforms
 from ehrnet_jax.data import pipeline, targets
 from ehrnet_jax.errors import UserError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import data_testing
+from support import data_testing
 from ehrnet_jax import checkpoints
 from ehrnet_jax import cli
 from ehrnet_jax import coco_results

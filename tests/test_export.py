@@ -20,8 +20,8 @@ from ehrnet_jax.export import onnx as onnx_export
 from ehrnet_jax.export import tensorrt
 from ehrnet_jax.models import EfficientHRNet
 from ehrnet_jax.scaling import ScalingSpec
-import coco_testing
-import tolerances
+from support import coco_testing
+from support import tolerances
 
 SPEC = ScalingSpec.from_name("H-4")
 # Operators the exported graph may use (all in the default ONNX domain).

@@ -6,11 +6,11 @@ import pathlib
 import subprocess
 import sys
 
-from without_packages import GPU_MACHINE_ABSENT
+from support.without_packages import GPU_MACHINE_ABSENT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Run by tests/without_packages.py, with the four packages absent.
+# Run by tests/support/without_packages.py, with the four packages absent.
 SCRIPT = r'''
 import json
 import tempfile
@@ -85,7 +85,7 @@ with tempfile.TemporaryDirectory() as workdir:
 def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx(tmp_path):
   script = tmp_path / "script.py"
   script.write_text(SCRIPT)
-  result = subprocess.run([sys.executable, str(REPO / "tests" / "without_packages.py"),
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
                            ",".join(GPU_MACHINE_ABSENT), str(script)], cwd=REPO,
                           capture_output=True, text=True, timeout=600,  # a hang guard
                           check=False)

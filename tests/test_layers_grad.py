@@ -12,7 +12,7 @@ from ehrnet_jax.models.layers import (_subpixel_conv_transpose, batch_norm_train
                                      conv_im2col, conv_late_kernel_gradient, conv_transpose,
                                      depthwise_conv_shifted, stored_once)
 from ehrnet_jax.models.efficientnet import reference_padding
-from tolerances import assert_close_to_rounding
+from support.tolerances import assert_close_to_rounding
 
 
 def _xla_conv(x, kernel, stride, padding, groups=1):

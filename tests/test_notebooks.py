@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import coco_testing
-import tolerances
+from support import coco_testing
+from support import tolerances
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -11,7 +11,7 @@ from ehrnet_jax import checkpoints
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ehrnet_jax.training import loop
 from ehrnet_jax.training.checkpointing import Checkpointer
-from test_train_support import SyntheticData, TinyPoseNet
+from support.tiny_pose import SyntheticData, TinyPoseNet
 
 SIZE = 32
 

@@ -37,7 +37,7 @@ def _run_step(out: str, coordinator: str = "", num_processes: int = 0, process_i
   from ehrnet_jax.data import targets
   from ehrnet_jax.training import step as step_lib
   from ehrnet_jax.training.state import create_train_state
-  from test_train_support import SyntheticData, TinyPoseNet
+  from support.tiny_pose import SyntheticData, TinyPoseNet
 
   model, tx = TinyPoseNet(), optax.sgd(1.0)
   state = create_train_state(model, tx, jax.random.key(0))

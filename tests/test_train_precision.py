@@ -8,7 +8,7 @@ import pytest
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.training import loop, step as step_lib
-from test_train_support import SyntheticData, TinyPoseNet
+from support.tiny_pose import SyntheticData, TinyPoseNet
 
 SIZE = 32
 

@@ -55,7 +55,7 @@ def _run(workdir: str, tfds_dir: str, out: str, kill_at: int | None):
   import jax
   from ehrnet_jax.training import loop
   from ehrnet_jax.training.input import CocoTrainData
-  from test_train_support import TinyPoseNet
+  from support.tiny_pose import TinyPoseNet
   config = _config()
   config = dataclasses.replace(config, data=dataclasses.replace(config.data, tfds_dir=tfds_dir))
   data = CocoTrainData(config.data, 64, config.train.seed, workdir)

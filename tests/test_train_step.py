@@ -11,7 +11,7 @@ from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.data import targets
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
-from test_train_support import TinyPoseNet, host_batch
+from support.tiny_pose import TinyPoseNet, host_batch
 
 SIZE = 32
 
