@@ -1,6 +1,7 @@
 """The model, the training step, the decoder and the trainer's writer work without TensorFlow,
 TFDS, pycocotools and jax2onnx (as on a GPU machine with JAX only): those are imported only by
-data building, COCO evaluation and export."""
+data building, COCO evaluation and export. Everything but the ONNX export imports without the
+`export` extra of setup.cfg (the default install)."""
 
 import pathlib
 import subprocess
@@ -87,6 +88,46 @@ def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx
   script.write_text(SCRIPT)
   result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
                            ",".join(GPU_MACHINE_ABSENT), str(script)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,  # a hang guard
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+# The packages only the `export` extra installs, and the modules that may import them.
+EXPORT_EXTRA = ("jax2onnx", "onnx")
+EXPORT_EXTRA_MODULES = ("ehrnet_jax.export.onnx", "ehrnet_jax.export.tensorrt")
+
+# Run by tests/support/without_packages.py with the export extra's packages absent; argv[1:] are
+# the modules that need them.
+IMPORT_ALL_SCRIPT = r'''
+import importlib
+import pkgutil
+import sys
+
+import ehrnet_jax
+
+needing_the_extra = set(sys.argv[1:])
+modules = sorted(info.name for info in pkgutil.walk_packages(ehrnet_jax.__path__, "ehrnet_jax.")
+                 if not info.name.endswith(".__main__"))   # __main__ runs the CLI
+assert len(modules) > 50 and needing_the_extra <= set(modules), modules
+for name in modules:
+  if name not in needing_the_extra:
+    importlib.import_module(name)
+for name in needing_the_extra:
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as error:
+    assert error.name in ("jax2onnx", "onnx"), (name, error.name)
+  else:
+    raise AssertionError(f"{name} imports without the export extra: drop it from the list")
+'''
+
+
+def test_everything_but_the_onnx_export_imports_without_the_export_extra(tmp_path):
+  script = tmp_path / "import_all.py"
+  script.write_text(IMPORT_ALL_SCRIPT)
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
+                           ",".join(EXPORT_EXTRA), str(script), *EXPORT_EXTRA_MODULES], cwd=REPO,
                           capture_output=True, text=True, timeout=600,  # a hang guard
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
