@@ -51,6 +51,7 @@ def table(tmp_path_factory) -> dict:
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_holds_the_jax_and_pytorch_rows(table):
   environment = table["environment"]
   assert environment["backend"] == "cpu" and environment["jax"]

@@ -71,6 +71,7 @@ def test_backbone_import_from_a_reference_state_dict_reports_used_and_skipped_ke
       not k.startswith("features.") for k in skipped)
 
 
+@pytest.mark.slow
 def test_narumiruna_classifier_converts_and_computes_the_reference_head(tmp_path):
   state_dict = _narumiruna_classifier(_reference_state_dict())
   variables, num_classes = convert.convert_classifier_state_dict(state_dict, H4)
@@ -96,6 +97,7 @@ def test_the_newer_narumiruna_layout_is_refused_with_the_reason():
     convert.convert_backbone_state_dict(state_dict, H4, "b4.pth")
 
 
+@pytest.mark.slow
 def test_converted_classifier_backbone_loads_into_the_pose_model_unchanged(
     tmp_path, h4_variables, capsys):
   source = tmp_path / "b4.npz"

@@ -59,6 +59,7 @@ def h4_onnx(h4_checkpoint, tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
   model = onnx.load(str(h4_onnx))
   onnx.checker.check_model(model, full_check=True)
@@ -77,6 +78,7 @@ def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
   assert props["ehrnet.outputs"] == "heatmaps_4,tags_4,heatmaps_2"
 
 
+@pytest.mark.slow
 def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
   session = onnxruntime.InferenceSession(str(h4_onnx), providers=["CPUExecutionProvider"])
   images = np.random.default_rng(0).normal(size=(2, 384, 576, 3)).astype(np.float32)
@@ -87,6 +89,7 @@ def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
       assert_close(f, e[-len(batch):])
 
 
+@pytest.mark.slow
 def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_variables):
   """Against the network computed in float64: onnxruntime's error is within 1e-4 and no larger
   than JAX's own float32 error plus 2e-5 (rounding, not a different graph)."""
@@ -104,6 +107,7 @@ def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_varia
     assert onnx_error <= 1e-4 and onnx_error <= jax_error + 2e-5, (onnx_error, jax_error)
 
 
+@pytest.mark.slow
 def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path):
   """Batch 1, NCHW, opset 18: the runtime splits a batch of 2, pads smaller images with black."""
   options = network.ExportOptions((128, 96), batch=1, layout="NCHW")
@@ -121,6 +125,7 @@ def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path
     assert_close(f, e[:, :96 // stride, :64 // stride])
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   out = tmp_path / "saved"
@@ -137,6 +142,7 @@ def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
   assert metadata["ehrnet.variant"] == "H-4" and metadata["ehrnet.image_hw"] == "128x96"
 
 
+@pytest.mark.slow
 def test_tensorrt_without_gpu_says_what_to_run(h4_onnx, tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(tensorrt.importlib.util, "find_spec", lambda name: None)
   monkeypatch.setattr(tensorrt.shutil, "which", lambda name: None)
@@ -173,6 +179,7 @@ def _predict(args):
   return cli.main(["predict", "--no-draw", *args])
 
 
+@pytest.mark.slow
 def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mini_dir, tmp_path):
   """Photos whose test size is the exported 576x384: the same people as the JAX backend.
 
@@ -201,6 +208,7 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
   assert moved.mean() < 0.005, moved.mean()
 
 
+@pytest.mark.slow
 def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
   portrait = next(p for p in samples.images() if p.name == "000000256353.jpg")  # 384x448 (WxH)
   assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--out",
@@ -208,6 +216,7 @@ def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, c
   assert "export with a larger `--size` (HxW, e.g. --size 448x576)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_onnx_backend_scores_the_exported_model(h4_onnx, tmp_path):
   """`ehrnet evaluate --backend onnx`: pycocotools metrics of the exported model, whose people are
   those `ehrnet predict --backend onnx` finds (one sample photo with a 384x576 test size)."""

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from support.without_packages import GPU_MACHINE_ABSENT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,6 +85,7 @@ with tempfile.TemporaryDirectory() as workdir:
 '''
 
 
+@pytest.mark.slow
 def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx(tmp_path):
   script = tmp_path / "script.py"
   script.write_text(SCRIPT)
@@ -123,6 +126,7 @@ for name in needing_the_extra:
 '''
 
 
+@pytest.mark.slow
 def test_everything_but_the_onnx_export_imports_without_the_export_extra(tmp_path):
   script = tmp_path / "import_all.py"
   script.write_text(IMPORT_ALL_SCRIPT)

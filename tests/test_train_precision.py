@@ -19,6 +19,7 @@ def _config(**train) -> Config:
                 run=RunConfig(eval_every_steps=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, operand_precision", [
     (TrainConfig().matmul_precision, "operand_precision={highest,highest}"),
     ("default", None),  # XLA omits the default precision.

@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 5
@@ -79,6 +80,7 @@ def _train(tmp_path, name: str, kill_at: int | None = None, workdir: str | None 
   return result, out, workdir
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
   result, uninterrupted, _ = _train(tmp_path, "uninterrupted")
   assert result.returncode == 0, result.stdout.decode()[-3000:]

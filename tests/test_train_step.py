@@ -48,6 +48,7 @@ def unfrozen_step():
   return model, state, batch, rng, step(state, batch, rng)
 
 
+@pytest.mark.slow
 def test_first_step_is_adam_on_the_loss_gradient(unfrozen_step):
   model, state, batch, rng, (new_state, metrics) = unfrozen_step
 
