@@ -14,7 +14,7 @@ For each input size it measures, after a warm-up:
                 (the reference's patch-max generator), shipped as float32 tensors.
 Prints a JSON line per measurement: images per wall second and per CPU second of this process
 (the per-core rate, robust to other processes sharing the CPU). Figures and the decision they
-support: BENCHMARKS.md.
+support: docs/benchmarks/input_pipeline.md.
 """
 
 import argparse

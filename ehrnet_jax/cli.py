@@ -22,11 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Packages installed only by an extra of setup.cfg (the default install has the rest).
+EXTRA_OF_PACKAGE = {"jax2onnx": "export", "onnx": "export"}
+
+
 def missing_module_message(error: ModuleNotFoundError) -> str:
   """What to install when a dependency is absent (e.g. JAX on a runtime-only install)."""
   package = (error.name or "").partition(".")[0]
   if not package or package == __package__:
     raise error   # a bug in ehrnet_jax, not a missing dependency
+  if package in EXTRA_OF_PACKAGE:
+    return (f"this command needs the Python package '{package}', which is not installed; install "
+            f"the extra with `pip install -e '.[{EXTRA_OF_PACKAGE[package]}]'`")
   return (f"this command needs the Python package '{package}', which is not installed; install "
           "everything with `pip install -e .` (a runtime-only install from "
           "requirements-runtime.txt runs only `ehrnet predict --backend onnx` and "

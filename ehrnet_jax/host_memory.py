@@ -4,7 +4,7 @@ Compiling a training step allocates and frees hundreds of MB in small blocks (H0
 ~1.3 GB). glibc's allocator keeps freed small blocks in its heap instead of returning them, and
 the step's own buffers (a few large blocks, mapped separately) then come on top, so the process's
 resident memory is the sum of both. Trimming the heap between compiling and running removes the
-first part (`benchmarks/train_step.py`, BENCHMARKS.md "Training").
+first part (`benchmarks/train_step.py`, docs/benchmarks/training.md).
 """
 
 import ctypes

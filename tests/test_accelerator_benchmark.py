@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from without_packages import GPU_MACHINE_ABSENT
+from support.without_packages import GPU_MACHINE_ABSENT
 
 pytest.importorskip("torch", reason="the reference rows need PyTorch (extra 'torch')")
 
@@ -22,7 +22,7 @@ HANG_GUARD_S = 1800
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(REPO / "tests" / "without_packages.py"),
+  return subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
                          ",".join(GPU_MACHINE_ABSENT), str(SCRIPT), *args], cwd=REPO,
                         capture_output=True, text=True, timeout=HANG_GUARD_S)
 
@@ -51,6 +51,7 @@ def table(tmp_path_factory) -> dict:
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_holds_the_jax_and_pytorch_rows(table):
   environment = table["environment"]
   assert environment["backend"] == "cpu" and environment["jax"]

@@ -10,7 +10,7 @@ from ehrnet_jax.cli import main
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant
-from tolerances import assert_close_to_rounding
+from support.tolerances import assert_close_to_rounding
 
 H4 = ScalingSpec.from_name("H-4")
 NUM_CLASSES = 10
@@ -70,6 +70,7 @@ def test_backbone_import_from_a_reference_state_dict_reports_used_and_skipped_ke
       not k.startswith("features.") for k in skipped)
 
 
+@pytest.mark.slow
 def test_narumiruna_classifier_converts_and_computes_the_reference_head(tmp_path):
   state_dict = _narumiruna_classifier(_reference_state_dict())
   variables, num_classes = convert.convert_classifier_state_dict(state_dict, H4)
@@ -95,6 +96,7 @@ def test_the_newer_narumiruna_layout_is_refused_with_the_reason():
     convert.convert_backbone_state_dict(state_dict, H4, "b4.pth")
 
 
+@pytest.mark.slow
 def test_converted_classifier_backbone_loads_into_the_pose_model_unchanged(
     tmp_path, h4_variables, capsys):
   source = tmp_path / "b4.npz"

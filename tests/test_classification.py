@@ -22,7 +22,7 @@ from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import EfficientNetClassifier, abstract_variables
 from ehrnet_jax.training import loop, optim, tasks
 from ehrnet_jax.training.evaluation import top_k_hits
-from test_classification_support import TinyClassifier, mock_classification_tfds
+from support.tiny_classification import TinyClassifier, mock_classification_tfds
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 SIZE = 32
@@ -122,6 +122,7 @@ def _tiny_config(dataset: str, steps: int, per_device_batch: int = 2, **train) -
                     eval_every_steps=0, eval_split=recipe.run.eval_split))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, num_classes", [("imagenet2012", 1000), ("cifar100", 100)])
 def test_one_step_end_to_end_on_mock_tfds(tmp_path, dataset, num_classes):
   with mock_classification_tfds(tmp_path / "tfds", num_examples=6):
@@ -161,6 +162,7 @@ class _TwoColours:
       yield self.batch
 
 
+@pytest.mark.slow
 def test_loss_falls_on_two_separable_classes(tmp_path):
   config = _tiny_config("cifar100", steps=10, per_device_batch=8, warmup_epochs=0.0)
   loop.train(config, str(tmp_path), data=_TwoColours(), model=TinyClassifier(2))
@@ -192,6 +194,7 @@ def test_backbone_experiment_holds_the_papers_recipe(config_arg, dataset, eval_s
   assert (config.data.crop_area, config.data.color_jitter) == ((0.08, 1.0), 0.4)
 
 
+@pytest.mark.slow
 def test_classifier_checkpoint_backbone_initialises_a_pose_model(tmp_path):
   """`init.checkpoint` = a trained classifier: the pose run starts from its backbone."""
   task = tasks.make_task(Config(model=ModelConfig(variant="B-4"),

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from ehrnet_jax.data import classification
 from ehrnet_jax.errors import UserError
-from test_classification_support import mock_classification_tfds
+from support.tiny_classification import mock_classification_tfds
 
 SIZE = 32
 NO_CHANGE = classification.CropAugment(area=(1.0, 1.0), aspect=(0.5, 2.0), flip_probability=0.0,

@@ -10,7 +10,7 @@ import pytest
 
 from ehrnet_jax import samples, weights
 from ehrnet_jax.cli import build_parser, main
-import coco_testing
+from support import coco_testing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,7 @@ def test_help_does_not_import_jax():
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch):
   """README command 1, shortened to one training step, without the training's own final
   evaluation (stage 3 evaluates the trained model; test_train_loop covers the trainer's).
@@ -72,6 +73,7 @@ def test_user_errors_are_one_line_messages(argv, message, capsys):
   assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_benchmark_replaces_its_section_of_the_markdown_file(tmp_path, capsys):
   report = tmp_path / "BENCH.md"
   report.write_text("# Figures\n\nkept before\n\n<!-- ehrnet-benchmark:begin -->\nold table\n"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ehrnet_jax import samples, weights
+from ehrnet_jax import export, samples, weights
 from ehrnet_jax.cli import main
 from ehrnet_jax.scaling import ScalingSpec
 
@@ -182,3 +182,12 @@ def test_pth_without_torch_says_which_extra_to_install(run, monkeypatch):
   assert code == 2 and "Traceback" not in err
   assert "notes.txt: reading PyTorch checkpoints needs torch" in err
   assert "pip install -e '.[torch]'" in err
+
+
+def test_onnx_export_without_the_export_extra_says_which_extra_to_install(run, monkeypatch):
+  monkeypatch.setitem(sys.modules, "jax2onnx", None)   # `import jax2onnx` fails as if absent
+  monkeypatch.delitem(sys.modules, "ehrnet_jax.export.onnx", raising=False)
+  monkeypatch.delattr(export, "onnx", raising=False)
+  code, err = run(["export", *CHECKPOINT, "--format", "onnx", "--out", "{tmp}/h4.onnx"])
+  assert code == 2 and "Traceback" not in err
+  assert "needs the Python package 'jax2onnx'" in err and "pip install -e '.[export]'" in err

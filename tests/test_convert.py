@@ -25,6 +25,7 @@ def reference_outputs(model, variables, images_nchw):
   return out0, np.asarray(outputs.heatmaps_2).transpose(0, 3, 1, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANT_NAMES))
 def test_every_reference_key_maps_to_exactly_one_variable(reference_dir, name):
   shapes = json.loads((reference_dir / f"state_dict_keys_{name}.json").read_text())
@@ -41,6 +42,7 @@ def test_every_reference_key_maps_to_exactly_one_variable(reference_dir, name):
   assert len(shapes) == len(jax.tree.leaves(variables)) + batch_norms  # + num_batches_tracked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["H-4", "H-2"])
 def test_outputs_equal_the_reference_model(reference_dir, name):
   spec = ScalingSpec.from_name(name)
@@ -53,6 +55,7 @@ def test_outputs_equal_the_reference_model(reference_dir, name):
     np.testing.assert_allclose(out1, io[f"out1_{case}"], atol=PARITY_ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_cpu_training_form_has_parity_too(reference_dir, h4_variables):
   # Shifted depthwise, sub-pixel head, aligned channels: the form the CPU trains and evaluates in.
   io = np.load(reference_dir / "H-4_io.npz")
@@ -62,6 +65,7 @@ def test_cpu_training_form_has_parity_too(reference_dir, h4_variables):
   np.testing.assert_allclose(out1, io["out1_b"], atol=PARITY_ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_folded_batch_norm_form_has_parity_too(reference_dir, h4_variables):
   # The fastest evaluation form: BN folded into the convolutions once, outside the network.
   io = np.load(reference_dir / "H-4_io.npz")
@@ -110,6 +114,7 @@ def test_weights_of_another_variant_are_rejected(reference_dir):
                                ScalingSpec.from_name("H-4"))
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_checkpoint_that_loads_back(tmp_path, h4_variables, capsys):
   out = tmp_path / "H-4"
   assert main(["convert", str(_bundled()), "--variant", "H-4", "--out", str(out)]) == 0

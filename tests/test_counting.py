@@ -26,6 +26,7 @@ def test_counts_match_the_reference_and_the_paper_convention(name):
   assert counts["paper_flops"] == pytest.approx(expected["paper_macs"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_xla_flops_are_within_one_percent_of_twice_the_macs(capsys):
   assert main(["info", "--variant", "H-4", "--json"]) == 0
   (row,) = json.loads(capsys.readouterr().out)
@@ -34,6 +35,7 @@ def test_xla_flops_are_within_one_percent_of_twice_the_macs(capsys):
   assert row["flops"] == pytest.approx(2 * REFERENCE["H-4"]["macs"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_b0_classifier_is_efficientnet_b0(capsys):
   """B0 is EfficientNet-B0: 5.29M parameters and 0.39 G multiply-adds at 224 (Tan & Le, 2019,
   Table 2: 5.3M, 0.39B FLOPs counted as multiply-adds); the smaller ones follow Table 2's

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-import data_testing
+from support import data_testing
 from ehrnet_jax import keypoints
 from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations, coco_tfds, pipeline

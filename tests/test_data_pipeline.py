@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import data_testing
+from support import data_testing
 from ehrnet_jax.data import pipeline, targets
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import transforms
@@ -110,6 +110,7 @@ def test_eval_pipeline_keeps_size_id_and_transform(built, coco_mini_dir):
   np.testing.assert_array_equal(element["image"], raw)
 
 
+@pytest.mark.slow
 def test_exit_with_a_live_iterator_is_clean(built):
   # tf.data threads in a numpy_function during interpreter shutdown used to abort (exit 134).
   code = ("from ehrnet_jax.data import pipeline\n"

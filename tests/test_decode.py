@@ -100,6 +100,7 @@ def test_flip_and_projection_match_plain_numpy():
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_jax_and_host_decoders_agree_multiscale():
   """Multi-scale (0.5, 1, 1.5) with flip: the JAX decoder equals the NumPy (host) decoder."""
   image = _random_images((150, 100, 3))
@@ -150,6 +151,7 @@ def _render(points, size_hw, factor, sigma=4.0):
   return heatmaps, tags
 
 
+@pytest.mark.slow
 def test_oracle_maps_reach_ap_095(coco_mini_dir):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   annotation_file = coco_mini_dir / "annotations" / "person_keypoints_train2017.json"

@@ -37,6 +37,7 @@ def mini_split(coco_mini_dir, tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_results_and_metrics(checkpoint, mini_split, tmp_path, capsys):
   out = tmp_path / "eval"
   assert cli.main(["evaluate", "--variant", "H-4", "--checkpoint", str(checkpoint),
@@ -59,6 +60,7 @@ def test_evaluate_command_writes_results_and_metrics(checkpoint, mini_split, tmp
     assert entry["bbox"][0] == pytest.approx(min(xs)) and entry["bbox"][2] >= 0
 
 
+@pytest.mark.slow
 def test_device_candidates_give_the_same_people_as_host_grouping(checkpoint, coco_mini_dir):
   """The JAX path (NMS/top-k on device) equals grouping the same maps entirely on the host."""
   estimator = jax_decoder.jax_estimator(checkpoint, "H-4")

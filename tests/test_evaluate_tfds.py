@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import data_testing
+from support import data_testing
 from ehrnet_jax import cli, samples, weights
 from ehrnet_jax.inference import coco_evaluation, coco_results, jax_decoder
 from ehrnet_jax.scaling import ScalingSpec
@@ -68,6 +68,7 @@ def test_a_detection_on_a_crowd_is_ignored_with_both_sources(sample_coco, sample
   assert stats[0] == stats[1] and stats[0]["AP"] == stats[0]["AR"] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_data_dir_gives_the_coco_dir_results(sample_coco, sample_tfds, h4_variables,
                                                       tmp_path, monkeypatch):
   """The bundled H-4 weights on the first image by id (no crowd region), both sources."""

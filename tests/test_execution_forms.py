@@ -13,7 +13,7 @@ import pytest
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.models.execution import NAMES
 from ehrnet_jax.scaling import ScalingSpec
-from tolerances import scaled_atol
+from support.tolerances import scaled_atol
 
 SPEC = ScalingSpec.from_name("H-4")
 # Through the ~100 layers of the network, two programs that round differently (the forms'
@@ -60,6 +60,7 @@ def plain(h4_variables, images):
           _training_gradients(form, h4_variables, images))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "plain"])
 def test_named_form_computes_the_plain_network(name, h4_variables, images, plain):
   form = ExecutionForm.named(name)
@@ -67,6 +68,7 @@ def test_named_form_computes_the_plain_network(name, h4_variables, images, plain
     np.testing.assert_allclose(got, want, rtol=0, atol=scaled_atol(want, OUTPUTS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in NAMES if n.endswith("_training")])
 def test_training_form_has_the_plain_gradients(name, h4_variables, images, plain):
   got_gradients = _training_gradients(ExecutionForm.named(name), h4_variables, images)

@@ -17,8 +17,8 @@ from ehrnet_jax.export import onnx as onnx_export
 from ehrnet_jax.inference import onnx_decoder
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
-import coco_testing
-import tolerances
+from support import coco_testing
+from support import tolerances
 
 SPEC = ScalingSpec.from_name("H-4")
 # Operators the exported graph may use (all in the default ONNX domain): those of a PyTorch
@@ -87,6 +87,7 @@ def h4_onnx(h4_checkpoint, tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
   model = onnx.load(str(h4_onnx))
   onnx.checker.check_model(model, full_check=True)
@@ -104,6 +105,7 @@ def test_onnx_graph_is_standard_ops_with_metadata(h4_onnx):
   assert props["ehrnet.outputs"] == "heatmaps_4,tags_4,heatmaps_2"
 
 
+@pytest.mark.slow
 def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
   session = onnxruntime.InferenceSession(str(h4_onnx), providers=["CPUExecutionProvider"])
   images = np.random.default_rng(0).normal(size=(2, 384, 576, 3)).astype(np.float32)
@@ -114,6 +116,7 @@ def test_onnx_dynamic_batch_matches_jax(h4_onnx, h4_variables):
       assert_close(f, e[-len(batch):])
 
 
+@pytest.mark.slow
 def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_variables):
   """Against the network computed in float64: onnxruntime's error is within 2e-4 and at most
   twice JAX's own float32 error (rounding, not a different graph, which is off by O(1)).
@@ -135,6 +138,7 @@ def test_onnx_is_as_close_to_the_exact_model_as_jax_float32_is(h4_onnx, h4_varia
     assert onnx_error <= 2e-4 and onnx_error <= 2 * jax_error, (onnx_error, jax_error)
 
 
+@pytest.mark.slow
 def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path):
   """Batch 1, NCHW, opset 18, channel alignment 8: no layout Transpose; the runtime splits a
   batch of 2, pads smaller images with black."""
@@ -154,6 +158,7 @@ def test_onnx_static_nchw_through_the_runtime_matches_jax(h4_variables, tmp_path
     assert_close(f, e[:, :96 // stride, :64 // stride])
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   out = tmp_path / "saved"
@@ -170,6 +175,7 @@ def test_savedmodel_matches_jax(h4_checkpoint, tmp_path):
   assert metadata["ehrnet.variant"] == "H-4" and metadata["ehrnet.image_hw"] == "128x96"
 
 
+@pytest.mark.slow
 def test_tensorrt_without_gpu_says_what_to_run(h4_onnx, tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(tensorrt.importlib.util, "find_spec", lambda name: None)
   monkeypatch.setattr(tensorrt.shutil, "which", lambda name: None)
@@ -206,6 +212,7 @@ def _predict(args):
   return cli.main(["predict", "--no-draw", *args])
 
 
+@pytest.mark.slow
 def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mini_dir, tmp_path):
   """Photos whose test size is the exported 576x384: the same people as the JAX backend.
 
@@ -238,6 +245,7 @@ def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mi
                              [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
   portrait = next(p for p in samples.images() if p.name == "000000256353.jpg")  # 384x448 (WxH)
   assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--out",
@@ -245,6 +253,7 @@ def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, c
   assert "export with a larger `--size` (HxW, e.g. --size 448x576)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_onnx_backend_scores_the_exported_model(h4_onnx, tmp_path):
   """`ehrnet evaluate --backend onnx`: pycocotools metrics of the exported model, whose people are
   those `ehrnet predict --backend onnx` finds (one sample photo with a 384x576 test size)."""

@@ -38,6 +38,7 @@ def test_freed_small_blocks_leave_the_process():
   assert before - after > 200, (before, after)
 
 
+@pytest.mark.slow
 def test_compile_step_drops_earlier_programs_before_compiling():
   """compile_step frees what earlier programs (the state's initialisation) left in JAX's caches
   before the step is lowered and compiled, and again after; the compiled step still runs."""

@@ -2,7 +2,8 @@
 
 - The model, the training step, the decoder and the trainer's writer work without TensorFlow,
   TFDS, pycocotools and jax2onnx (as on a GPU machine with JAX only): those are imported only by
-  data building, COCO evaluation and export.
+  data building, COCO evaluation and export. Everything but the ONNX export imports without the
+  `export` extra of setup.cfg (the default install).
 - The library's modules import each other without cycles, and the floors hold: `models` below
   the inference package, the inference package below `training` and `commands`; the inference
   core (image -> people with any backend) imports neither JAX nor onnxruntime nor a decoder of
@@ -13,13 +14,14 @@ import pathlib
 import subprocess
 import sys
 
-import import_graph
 import pytest
-from without_packages import GPU_MACHINE_ABSENT
+
+from support import import_graph
+from support.without_packages import GPU_MACHINE_ABSENT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Run by tests/without_packages.py, with the four packages absent.
+# Run by tests/support/without_packages.py, with the four packages absent.
 SCRIPT = r'''
 import json
 import tempfile
@@ -92,10 +94,11 @@ with tempfile.TemporaryDirectory() as workdir:
 '''
 
 
+@pytest.mark.slow
 def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx(tmp_path):
   script = tmp_path / "script.py"
   script.write_text(SCRIPT)
-  result = subprocess.run([sys.executable, str(REPO / "tests" / "without_packages.py"),
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
                            ",".join(GPU_MACHINE_ABSENT), str(script)], cwd=REPO,
                           capture_output=True, text=True, timeout=600,  # a hang guard
                           check=False)
@@ -152,3 +155,45 @@ def test_the_inference_core_imports_no_backend(module):
 def test_coco_evaluation_imports_jax_only_for_the_tfds_source():
   imports = import_graph.imports()[TFDS_SOURCE]
   assert imports & (BACKENDS | {"jax", "flax", "onnxruntime"}) == set()
+
+
+# The packages only the `export` extra installs, and the modules that may import them.
+EXPORT_EXTRA = ("jax2onnx", "onnx")
+EXPORT_EXTRA_MODULES = ("ehrnet_jax.export.lean", "ehrnet_jax.export.onnx",
+                        "ehrnet_jax.export.tensorrt")
+
+# Run by tests/support/without_packages.py with the export extra's packages absent; argv[1:] are
+# the modules that need them.
+IMPORT_ALL_SCRIPT = r'''
+import importlib
+import pkgutil
+import sys
+
+import ehrnet_jax
+
+needing_the_extra = set(sys.argv[1:])
+modules = sorted(info.name for info in pkgutil.walk_packages(ehrnet_jax.__path__, "ehrnet_jax.")
+                 if not info.name.endswith(".__main__"))   # __main__ runs the CLI
+assert len(modules) > 50 and needing_the_extra <= set(modules), modules
+for name in modules:
+  if name not in needing_the_extra:
+    importlib.import_module(name)
+for name in needing_the_extra:
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as error:
+    assert error.name in ("jax2onnx", "onnx"), (name, error.name)
+  else:
+    raise AssertionError(f"{name} imports without the export extra: drop it from the list")
+'''
+
+
+@pytest.mark.slow
+def test_everything_but_the_onnx_export_imports_without_the_export_extra(tmp_path):
+  script = tmp_path / "import_all.py"
+  script.write_text(IMPORT_ALL_SCRIPT)
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "without_packages.py"),
+                           ",".join(EXPORT_EXTRA), str(script), *EXPORT_EXTRA_MODULES], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,  # a hang guard
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]

@@ -89,6 +89,7 @@ class _Outputs:
     self.heatmaps_4, self.tags_4, self.heatmaps_2 = heatmaps_4, tags_4, heatmaps_2
 
 
+@pytest.mark.slow
 def test_pose_loss_weights_and_batch_average():
   # Two images; J=2, 1/4 maps 1x3, 1/2 maps 2x6. Image 0 has the three-person case above,
   # image 1 has nobody. Heatmap errors: image 0 one pixel off by 3 at 1/4 (9/6), image 1 all

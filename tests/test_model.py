@@ -47,6 +47,7 @@ def test_classifier_parameter_counts_equal_the_reference_table():
       assert round(count_params(params) / 1000) == thousands
 
 
+@pytest.mark.slow
 def test_output_shapes_for_non_square_inputs(h4_variables):
   model = EfficientHRNet(ScalingSpec.from_name("H-4"))
   images = jnp.zeros((2, 96, 64, 3))
@@ -63,6 +64,7 @@ def test_sides_that_are_not_multiples_of_32_are_a_clear_error(size):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *size, 3)), train=False))
 
 
+@pytest.mark.slow
 def test_train_mode_uses_batch_statistics_and_drop_connect(h4_variables):
   model = EfficientHRNet(ScalingSpec.from_name("H-4"))
   images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
@@ -111,6 +113,7 @@ def test_shifted_depthwise_conv_equals_grouped_convolution(kernel, stride, paddi
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_stays_close_to_float32(h4_variables):
   spec = ScalingSpec.from_name("H-4")
   images = jax.random.normal(jax.random.key(1), (1, 64, 96, 3))
@@ -122,6 +125,7 @@ def test_bf16_compute_stays_close_to_float32(h4_variables):
     assert np.corrcoef(np.ravel(low), np.ravel(full))[0, 1] > 0.97
 
 
+@pytest.mark.slow
 def test_folded_batch_norm_variables_and_outputs(h4_variables):
   # fold_batch_norm leaves one bias per convolution and no BN beside it; the folded network
   # computes the same outputs and refuses to train.
@@ -141,6 +145,7 @@ def test_folded_batch_norm_variables_and_outputs(h4_variables):
                 mutable=["batch_stats"])
 
 
+@pytest.mark.slow
 def test_inference_compiler_options_reach_xla(h4_variables):
   # On CPU the eval network compiles without YNNPACK fusions (xla_options explains why) and
   # computes the same numbers.

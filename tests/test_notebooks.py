@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import coco_testing
-import tolerances
+from support import coco_testing
+from support import tolerances
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -79,6 +79,7 @@ def images_shown(notebook) -> int:
              if cell.cell_type == "code" for output in cell.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path, monkeypatch):
   notebook, result = execute("01_quickstart", tmp_path, monkeypatch)
   assert result["variant"] == "H-4" and "RANDOM" in result["weights"]
@@ -91,6 +92,7 @@ def test_quickstart(tmp_path, monkeypatch):
   assert images_shown(notebook) >= 2   # skeletons, heatmaps and tags
 
 
+@pytest.mark.slow
 def test_train(tmp_path, monkeypatch):
   from ehrnet_jax import weights
   from ehrnet_jax.config import load_config
@@ -112,6 +114,7 @@ def test_train(tmp_path, monkeypatch):
   assert images_shown(notebook) >= 2   # the loss plot, before/after pictures
 
 
+@pytest.mark.slow
 def test_scaling(tmp_path, monkeypatch):
   from ehrnet_jax import counting
   from ehrnet_jax.scaling import ScalingSpec
@@ -127,6 +130,7 @@ def test_scaling(tmp_path, monkeypatch):
   assert images_shown(notebook) >= 1   # the three plots against phi
 
 
+@pytest.mark.slow
 def test_export(tmp_path, monkeypatch):
   notebook, result = execute("04_export", tmp_path, monkeypatch)
   # Float32 agreement of onnxruntime and JAX, as in test_export.py: a wrong graph is off by O(1).

@@ -8,8 +8,8 @@ import pytest
 
 from ehrnet_jax.ops.batch_norm import batch_norm_train, batch_norm_train_plain
 from ehrnet_jax.ops.conv_1x1 import conv_1x1
-from ops_testing import compiled_for_both, temporaries
-from tolerances import assert_close_to_rounding
+from support.ops_testing import compiled_for_both, temporaries
+from support.tolerances import assert_close_to_rounding
 
 
 def test_batch_norm_train_plain_normalises_with_the_biased_batch_variance():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ehrnet_jax.ops.conv_1x1 import conv_1x1
-from ops_testing import assert_vjp_equal, xla_conv
+from support.ops_testing import assert_vjp_equal, xla_conv
 
 
 @pytest.mark.parametrize("shape,features", [((2, 6, 5, 7), 4), ((1, 3, 3, 16), 24)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ehrnet_jax.ops.conv_transpose import _subpixel_conv_transpose, conv_transpose
-from ops_testing import assert_vjp_equal
+from support.ops_testing import assert_vjp_equal
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding,shape", [

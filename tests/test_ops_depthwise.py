@@ -8,7 +8,7 @@ import pytest
 
 from ehrnet_jax.models.efficientnet import reference_padding
 from ehrnet_jax.ops.depthwise import depthwise_conv_shifted
-from ops_testing import assert_vjp_equal, grouped_conv
+from support.ops_testing import assert_vjp_equal, grouped_conv
 
 
 # Every depthwise configuration of the backbone: k3/k5, stride 1/2, the reference's asymmetric

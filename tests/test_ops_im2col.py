@@ -7,7 +7,7 @@ import pytest
 
 from ehrnet_jax.models.efficientnet import reference_padding
 from ehrnet_jax.ops.im2col import conv_im2col
-from ops_testing import assert_vjp_equal, xla_conv
+from support.ops_testing import assert_vjp_equal, xla_conv
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding,shape", [

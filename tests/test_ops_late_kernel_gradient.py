@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ehrnet_jax.ops.late_kernel_gradient import conv_late_kernel_gradient
-from ops_testing import compiled_for_both, temporaries, xla_conv
-from tolerances import assert_close_to_rounding
+from support.ops_testing import compiled_for_both, temporaries, xla_conv
+from support.tolerances import assert_close_to_rounding
 
 
 @pytest.mark.parametrize("stride,padding", [(1, ((1, 1), (1, 1))), (2, ((1, 1), (1, 1))),

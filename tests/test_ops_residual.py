@@ -9,8 +9,8 @@ import numpy as np
 
 from ehrnet_jax.ops.batch_norm import batch_norm_train
 from ehrnet_jax.ops.residual import stored_once
-from ops_testing import compiled_for_both, xla_conv
-from tolerances import assert_close_to_rounding
+from support.ops_testing import compiled_for_both, xla_conv
+from support.tolerances import assert_close_to_rounding
 
 
 def _residual_chain(kernels, x, store):

@@ -26,6 +26,7 @@ def _write_video(path, frames, fps=5):
   writer.release()
 
 
+@pytest.mark.slow
 def test_predict_command_on_image_folder_and_video(reference_dir, coco_mini_dir, tmp_path):
   checkpoint = tmp_path / "ckpt"
   assert cli.main(["convert", str(reference_dir / "H-4_state_dict.npz"), "--variant", "H-4",

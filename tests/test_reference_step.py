@@ -34,7 +34,7 @@ def _load_npz_state_dict(path):
   return {k: torch.from_numpy(arrays[k]) for k in arrays.files}
 
 
-@pytest.mark.parametrize("name", ["H-4", "H-2"])
+@pytest.mark.parametrize("name", ["H-4", pytest.param("H-2", marks=pytest.mark.slow)])
 def test_outputs_match_the_authors(reference_dir, name):
   if name == "H-4":
     state = torch.load(reference_dir / "H-4_state_dict.pth")
@@ -95,6 +95,7 @@ def test_loss_by_hand():
   assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_one_step(capsys):
   assert ref.main(["--variant", "H-4", "--batch", "1", "--size", "128", "--steps", "1",
                    "--warmup", "0"]) == 0

@@ -11,7 +11,7 @@ from ehrnet_jax import weights
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ehrnet_jax.training import loop
 from ehrnet_jax.training.checkpointing import Checkpointer
-from test_train_support import SyntheticData, TinyPoseNet
+from support.tiny_pose import SyntheticData, TinyPoseNet
 
 SIZE = 32
 
@@ -44,6 +44,7 @@ def _tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
   return scalars
 
 
+@pytest.mark.slow
 def test_logs_checkpoints_best_and_resume(tmp_path):
   data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)  # 4 steps per epoch
   aps = [0.1, 0.5, 0.2, 0.3, 0.05, 0.0, 0.4, 0.45]

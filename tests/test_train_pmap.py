@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 PER_DEVICE = 2
 SIZE = 32
@@ -37,7 +38,7 @@ def _run_step(out: str, coordinator: str = "", num_processes: int = 0, process_i
   from ehrnet_jax.data import targets
   from ehrnet_jax.training import step as step_lib
   from ehrnet_jax.training.state import create_train_state
-  from test_train_support import SyntheticData, TinyPoseNet
+  from support.tiny_pose import SyntheticData, TinyPoseNet
 
   model, tx = TinyPoseNet(), optax.sgd(1.0)
   state = create_train_state(model, tx, jax.random.key(0))
@@ -96,6 +97,7 @@ def _check(out: pathlib.Path, devices: int, processes: int):
                                err_msg=key)
 
 
+@pytest.mark.slow
 def test_pmap_step_over_8_devices_matches_single_device(tmp_path):
   out = tmp_path / "step.npz"
   subprocess.run([sys.executable, __file__, str(out)], env=_env(8), check=True,
@@ -109,6 +111,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed(tmp_path):
   """2 processes x 2 CPU devices on localhost (gloo collectives), with a hang guard."""
   out, coordinator = tmp_path / "step.npz", f"127.0.0.1:{_free_port()}"

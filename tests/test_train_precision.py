@@ -8,7 +8,7 @@ import pytest
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.training import loop, step as step_lib
-from test_train_support import SyntheticData, TinyPoseNet
+from support.tiny_pose import SyntheticData, TinyPoseNet
 
 SIZE = 32
 
@@ -19,6 +19,7 @@ def _config(**train) -> Config:
                 run=RunConfig(eval_every_steps=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, operand_precision", [
     (TrainConfig().matmul_precision, "operand_precision={highest,highest}"),
     ("default", None),  # XLA omits the default precision.

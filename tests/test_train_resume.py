@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 5
@@ -55,7 +56,7 @@ def _run(workdir: str, tfds_dir: str, out: str, kill_at: int | None):
   import jax
   from ehrnet_jax.training import loop
   from ehrnet_jax.training.input import CocoTrainData
-  from test_train_support import TinyPoseNet
+  from support.tiny_pose import TinyPoseNet
   config = _config()
   config = dataclasses.replace(config, data=dataclasses.replace(config.data, tfds_dir=tfds_dir))
   data = CocoTrainData(config.data, 64, config.train.seed, workdir)
@@ -79,6 +80,7 @@ def _train(tmp_path, name: str, kill_at: int | None = None, workdir: str | None 
   return result, out, workdir
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
   result, uninterrupted, _ = _train(tmp_path, "uninterrupted")
   assert result.returncode == 0, result.stdout.decode()[-3000:]

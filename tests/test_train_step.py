@@ -11,7 +11,7 @@ from ehrnet_jax.config import TrainConfig
 from ehrnet_jax.data import targets
 from ehrnet_jax.training import optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
-from test_train_support import TinyPoseNet, host_batch
+from support.tiny_pose import TinyPoseNet, host_batch
 
 SIZE = 32
 
@@ -48,6 +48,7 @@ def unfrozen_step():
   return model, state, batch, rng, step(state, batch, rng)
 
 
+@pytest.mark.slow
 def test_first_step_is_adam_on_the_loss_gradient(unfrozen_step):
   model, state, batch, rng, (new_state, metrics) = unfrozen_step
 

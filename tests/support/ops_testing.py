@@ -6,7 +6,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from tolerances import assert_close_to_rounding
+from support.tolerances import assert_close_to_rounding
 
 
 def xla_conv(x, kernel, stride, padding, groups=1):

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_classification*.py: mocked TFDS classification datasets and a tiny
+"""Helpers for the classification tests: mocked TFDS classification datasets and a tiny
 classifier.
 
 `mock_classification_tfds` runs `tfds.testing.mock_data` with real-looking metadata for
@@ -18,7 +18,7 @@ import pathlib
 import flax.linen as nn
 import tensorflow_datasets as tfds
 
-from test_train_support import TinyBackbone
+from support.tiny_pose import TinyBackbone
 
 SPLITS = {"imagenet2012": ("train", "validation"), "cifar100": ("train", "test")}
 

@@ -11,7 +11,7 @@ import ast
 import pathlib
 
 PACKAGE = "ehrnet_jax"
-ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
+ROOT = pathlib.Path(__file__).resolve().parents[2] / PACKAGE
 
 
 def module_names() -> dict[str, pathlib.Path]:

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_train_*.py: a miniature pose network and synthetic host batches.
+"""Helpers for the training tests: a miniature pose network and synthetic host batches.
 
 `TinyPoseNet` has what the trainer relies on in EfficientHRNet, at a compile cost of a second
 instead of a minute: a `backbone` parameter collection, batch norm with running statistics,

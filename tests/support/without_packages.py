@@ -1,7 +1,7 @@
 """Runs a Python script as if some top-level packages were not installed, for tests of what must
 run without them (the GPU machines' stack has no TensorFlow, TFDS, pycocotools or jax2onnx).
 
-  python tests/without_packages.py tensorflow,pycocotools SCRIPT [ARGS...]
+  python tests/support/without_packages.py tensorflow,pycocotools SCRIPT [ARGS...]
 
 A blocked package is marked absent in `sys.modules` (None): importing it or its submodules
 raises ModuleNotFoundError and `importlib.util.find_spec` answers None, as where it is not
