@@ -7,8 +7,9 @@ keypoint-labelled people):
 
 H-4 at 192x192 crops without augmentation (the centre square of each image, so the images can be
 memorised), 4 images per device, Adam 1e-3 without decay for 600 steps (~67 epochs of the 36
-images), COCO AP of the same training images (flip test, 192-pixel input) every 100 steps. Expected: the loss falls steadily and AP rises above 0
-(numbers and curve in BENCHMARKS.md). About 20 minutes on 2 busy CPU cores.
+images), COCO AP of the same training images (flip test, 192-pixel input) every 100 steps.
+Expected: the loss falls steadily and AP rises above 0 (numbers and curve in BENCHMARKS.md,
+"Learning"). About 20 minutes on 2 busy CPU cores.
 """
 
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig

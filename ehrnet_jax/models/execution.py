@@ -86,7 +86,7 @@ class ExecutionForm:
 
   @classmethod
   def cpu_training(cls) -> "ExecutionForm":
-    """The fastest training on XLA:CPU (BENCHMARKS.md, "Training")."""
+    """The fastest training on XLA:CPU (docs/benchmarks/training.md)."""
     return cls(depthwise="shifted", transposed_conv="subpixel", dense_training="cpu_kernels",
                written_gradients=True, store_residuals=True, channel_align=8)
 
@@ -160,8 +160,9 @@ class ExecutionForm:
   def batch_norm_train(self, x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
                        activation: Activation) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode batch norm then `activation`: `(y, mean, biased variance)`."""
-    fn = batch_norm.batch_norm_train if self.written_gradients else batch_norm.batch_norm_train_plain
-    return fn(x, scale, bias, epsilon, activation)
+    if self.written_gradients:
+      return batch_norm.batch_norm_train(x, scale, bias, epsilon, activation)
+    return batch_norm.batch_norm_train_plain(x, scale, bias, epsilon, activation)
 
   def residual_end(self, x: jax.Array, train: bool) -> jax.Array:
     """The output of a residual block (`x` itself; stored once in training if so chosen)."""

@@ -19,7 +19,7 @@ def conv_1x1(x: jax.Array, kernel: jax.Array, forward: str = "conv") -> jax.Arra
   activations: XLA:CPU runs the 1x1 convolution up to 6x slower than the same product when
   C_in > C_out, autodiff's kernel gradient (a convolution with an input-sized window, plus
   transposes) up to 18x slower than `x^T g`, and its input gradient up to 6x slower than `g W^T`
-  (BENCHMARKS.md, "Training"). Undifferentiated, `forward` says what runs: "conv" (XLA's
+  (docs/benchmarks/training.md). Undifferentiated, `forward` says what runs: "conv" (XLA's
   convolution) or "product" (the matrix product, also faster undifferentiated on CPU: a frozen
   backbone's forward in training).
   """

@@ -51,6 +51,7 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int,
   Its gradient is written out (`_depthwise_shifted_bwd`) rather than left to autodiff, which
   would keep each of the k*k windows as a separate residual (k*k copies of the activations,
   each recomputing the fused producers) and reduce the kernel gradient tap by tap with XLA:CPU's
-  slow column reductions: 2-3x less CPU time for the layer's forward + backward (BENCHMARKS.md).
+  slow column reductions: 2-3x less CPU time for the layer's forward + backward
+  (docs/benchmarks/training.md).
   """
   return _depthwise_shifted_vjp(x, kernel, stride, padding)
