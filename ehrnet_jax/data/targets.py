@@ -3,8 +3,8 @@
 The input pipeline sends the integer target positions (`keypoints_4`, `keypoints_2`, (P, J, 3)
 int32 x, y, valid, computed on the host in float64 exactly as the reference truncates them);
 `prepare_batch` turns a host batch into the trainer's batch inside the jitted step. Why on device
-(figures in docs/benchmarks/input_pipeline.md): the host batch is 10x smaller than the trainer's (0.5
-vs 5.1 MB per image at 384), and the host, the pipeline's bottleneck, is spared the targets.
+(figures in docs/benchmarks/input_pipeline.md): the host batch is 10x smaller than the trainer's
+(0.5 vs 5.1 MB per image at 384), and the host, the pipeline's bottleneck, is spared the targets.
 
 Reference facts: sigma 2 at both resolutions; a (6*sigma+3)^2 = 15x15 Gaussian with peak 1 centred
 on the integer position; overlapping people take the max; joint lists packed per person.

@@ -16,8 +16,8 @@ turns a static Resize's `sizes` into `scales` (the same copies at any batch size
 `fold_affine_into_convolutions` puts a per-channel Mul or Add after a convolution into its
 weights and bias (also for ConvTranspose, which onnxruntime does not fold);
 `remove_no_op_slices_and_pads` drops what jax2onnx writes for slices that keep an axis whole
-and pads of nothing; `global_average_pools` writes a ReduceMean over both spatial axes of an NCHW map as
-GlobalAveragePool; `make_batch_dynamic` names the batch dimension of a graph traced at a fixed
+and pads of nothing; `global_average_pools` writes a ReduceMean over both spatial axes of an
+NCHW map as GlobalAveragePool; `make_batch_dynamic` names the batch dimension of a graph traced at a fixed
 batch after checking that no operator depends on it.
 
 All passes work on `onnx.ModelProto`s whose tensors have static shapes, in place, and return
