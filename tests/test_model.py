@@ -125,21 +125,17 @@ def test_bf16_compute_stays_close_to_float32(h4_variables):
     assert np.corrcoef(np.ravel(low), np.ravel(full))[0, 1] > 0.97
 
 
-@pytest.mark.slow
-def test_folded_batch_norm_variables_and_outputs(h4_variables):
-  # fold_batch_norm leaves one bias per convolution and no BN beside it; the folded network
-  # computes the same outputs and refuses to train.
+def test_folded_batch_norm_variables_and_training_refused(h4_variables):
+  # fold_batch_norm leaves one bias per convolution and no BN beside it (the folded forms'
+  # outputs equal the plain network's: test_execution_forms.py); the folded network refuses to
+  # train.
   folded = fold_batch_norm(h4_variables)
   stem = folded["params"]["backbone"]["stem"]
   assert set(stem) == {"conv"} and set(stem["conv"]) == {"kernel", "bias"}
   assert jax.tree.leaves(folded["batch_stats"]) == jax.tree.leaves(
       {"head": h4_variables["batch_stats"]["head"]["deconv_bn"]})   # the only BN not after a conv
-  spec = ScalingSpec.from_name("H-4")
-  model = EfficientHRNet(spec, ExecutionForm.cpu_inference())
-  images = jax.random.normal(jax.random.key(4), (1, 64, 96, 3))
-  for got, want in zip(evaluate(model, folded, images),
-                       evaluate(EfficientHRNet(spec), h4_variables, images)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  model = EfficientHRNet(ScalingSpec.from_name("H-4"), ExecutionForm.cpu_inference())
+  images = jnp.zeros((1, 64, 96, 3))
   with pytest.raises(ValueError, match="evaluation only"):
     model.apply(folded, images, train=True, rngs={"dropout": jax.random.key(0)},
                 mutable=["batch_stats"])
