@@ -269,15 +269,7 @@ def _drop_identity_transposes(model: onnx.ModelProto) -> None:
   g = _Graph(model)
   for node in list(g.graph.node):
     if node.op_type == "Transpose" and _perm(node) == sorted(_perm(node)):
-      if node.output[0] in g.outputs:
-        node.op_type = "Identity"
-        del node.attribute[:]
-        continue
-      for consumer in g.consumers.get(node.output[0], []):
-        for k, name in enumerate(consumer.input):
-          if name == node.output[0]:
-            consumer.input[k] = node.input[0]
-      g.graph.node.remove(node)
+      _bypass(g, node)
 
 
 def sink_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
