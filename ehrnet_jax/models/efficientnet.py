@@ -8,11 +8,11 @@ That equals TF 'SAME' only for even input sizes, so it is spelled out here.
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
 
 from ehrnet_jax.models.execution import ExecutionForm
 from ehrnet_jax.models.layers import ConvBN, Dtype, kaiming_fan_out
+from ehrnet_jax.ops.conv import conv
 from ehrnet_jax.scaling import ScalingSpec
 
 # The name of the `EfficientNetFeatures` module in the pose model and in the classifier: the
@@ -49,8 +49,7 @@ class PointwiseDense(nn.Dense):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-    y = lax.conv_general_dilated(x.astype(self.dtype), kernel[None, None].astype(self.dtype),
-                                 (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv(x.astype(self.dtype), kernel[None, None].astype(self.dtype), 1, ((0, 0), (0, 0)))
     return y + bias.astype(self.dtype)
 
 

@@ -142,7 +142,8 @@ class ExecutionForm:
         return depthwise.depthwise_conv_shifted(x, kernel, stride, padding)
       return conv.conv(x, kernel, stride, padding, groups)
     cpu_kernels = train and self.dense_training == "cpu_kernels"
-    is_1x1 = kernel.shape[:2] == (1, 1) and stride == 1 and padding == ((0, 0), (0, 0))
+    is_1x1 = (kernel.shape[:2] == (1, 1) and stride == 1
+              and all(p == 0 for pair in padding for p in pair))
     if is_1x1 and (self.written_gradients or cpu_kernels):
       return conv_1x1.conv_1x1(x, kernel, "product" if cpu_kernels else "conv")
     if cpu_kernels and groups == 1:
