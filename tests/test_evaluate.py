@@ -1,12 +1,20 @@
-"""`ehrnet evaluate` end to end on coco-mini with the fixture-converted H-4 weights (random)."""
+"""`ehrnet evaluate` end to end on coco-mini with the fixture-converted H-4 weights (random), and
+the sharding of `coco_evaluation.evaluate` (size buckets, batches, processes) on a host network.
 
+Multi-device and multi-process runs of the JAX path: tests/test_evaluate_sharded.py.
+"""
+
+import concurrent.futures
 import json
+import threading
+import zlib
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ehrnet_jax import cli, inference
+from support import coco_testing
+from ehrnet_jax import cli, inference, keypoints, samples
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_evaluation, grouping, jax_decoder, transforms
 
@@ -93,3 +101,115 @@ def test_bad_scales_are_user_errors(scales, message):
   from ehrnet_jax.commands._runtime import parse_scales  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match=message):
     transforms.pyramid_sizes((640, 480), 384, parse_scales(scales))
+
+
+def _content_backend(images):
+  """A host backend (no JAX) whose 1/2-resolution heatmaps peak at pixels drawn from a hash of
+  each input image, one peak per joint; exact and independent of the batch it runs in."""
+  b, h, w, _ = images.shape
+  joints = np.arange(keypoints.COCO.num_joints)
+  heatmaps_2 = np.zeros((b, h // 2, w // 2, len(joints)), np.float32)
+  for index, image in enumerate(images):
+    rng = np.random.default_rng(zlib.crc32(image.tobytes()))
+    xs, ys = rng.integers(1, w // 2 - 2, len(joints)), rng.integers(1, h // 2 - 2, len(joints))
+    heatmaps_2[index, ys, xs, joints] = 1.0
+    heatmaps_2[index, ys, xs + 1, joints] = heatmaps_2[index, ys + 1, xs, joints] = 0.5
+  heatmaps_4 = np.zeros((b, h // 4, w // 4, len(joints)), np.float32)
+  return heatmaps_4, np.zeros_like(heatmaps_4), heatmaps_2
+
+
+def _host_estimator(batch_size: int) -> inference.PoseEstimator:
+  decoder = inference.HostDecoder(_content_backend)
+  decoder.batch_size = batch_size
+  return inference.PoseEstimator(decoder, input_size=64)
+
+
+def test_images_of_one_test_size_run_as_one_batch():
+  """640x427 and 640x430 both warp to 128x64: one call gives each image's own people."""
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 255, (h, 640, 3), np.uint8) for h in (427, 430)]
+  estimator = _host_estimator(batch_size=2)
+  assert estimator.input_sizes((427, 640)) == estimator.input_sizes((430, 640)) == ((128, 64),)
+  together = estimator(images)
+  for image, poses in zip(images, together):
+    (alone,) = estimator([image])
+    # Exact: the host backend and NumPy decoding treat every image of a batch on its own.
+    np.testing.assert_array_equal(poses.people, alone.people)
+    np.testing.assert_array_equal(poses.scores, alone.scores)
+  with pytest.raises(ValueError, match="one network input size"):
+    estimator([images[0], rng.integers(0, 255, (640, 427, 3), np.uint8)])
+
+
+def test_coco_folder_reads_the_ids_asked_for_in_that_order():
+  source = coco_evaluation.coco_folder(samples.coco_dir(), samples.SPLIT)
+  ids = [source.image_ids[3], source.image_ids[0]]
+  read = list(source.images(ids))
+  assert [image_id for image_id, _ in read] == ids
+  for image_id, image in read:
+    info = source.ground_truth.imgs[image_id]
+    assert image.shape == (info["height"], info["width"], 3)
+
+
+class _ThreadProcesses:
+  """`coco_evaluation.Processes` for `count` threads of one process: exchanges through shared
+  slots between barriers."""
+
+  def __init__(self, count: int):
+    self.count = count
+    self._barrier = threading.Barrier(count)
+    self._slots = [b""] * count
+
+  def member(self, index: int):
+    group = self
+
+    class Member:
+      count = group.count
+
+      def __init__(self):
+        self.index = index
+
+      def gather(self, data):
+        group._slots[index] = data
+        group._barrier.wait()
+        everyone = list(group._slots)
+        group._barrier.wait()
+        return everyone
+
+      def share(self, data):
+        return self.gather(data)[0]
+
+    return Member()
+
+
+def test_processes_share_the_images_and_all_return_the_one_process_evaluation():
+  """3 "processes" (threads), batches of 2 per size bucket: the same results, in image id order,
+  and the same stats everywhere as one process running every image."""
+  folder = coco_evaluation.coco_folder(samples.coco_dir(), samples.SPLIT)
+  first = coco_evaluation.evaluate(_host_estimator(1), folder, progress=False)
+  # Ground truth made of the people found, so that the AP is not 0 (pycocotools checks it).
+  dataset = coco_testing.ground_truth_of(first.results, list(folder.ground_truth.imgs.values()))
+  ground_truth = COCO()
+  ground_truth.dataset = dataset
+  ground_truth.createIndex()
+  source = coco_evaluation.Source(ground_truth, folder.image_ids, folder.images)
+  one = coco_evaluation.evaluate(_host_estimator(1), source, progress=False)
+  assert one.results == first.results and one.stats["AP"] > 0.5
+  assert [r["image_id"] for r in one.results] == sorted(r["image_id"] for r in one.results)
+  threads = _ThreadProcesses(3)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    shared = list(pool.map(lambda i: coco_evaluation.evaluate(
+        _host_estimator(2), source, progress=False, processes=threads.member(i)), range(3)))
+  for evaluation in shared:
+    # Exact: the host path computes every image alone (see _content_backend), and the results
+    # travel as their float32 values.
+    assert evaluation.results == one.results
+    assert evaluation.stats == one.stats
+    assert len(evaluation.seconds) == len(source.image_ids)
+
+
+def test_onnx_backend_evaluates_in_one_process(tmp_path, capsys):
+  assert cli.main(["evaluate", "--backend", "onnx", "--checkpoint", str(tmp_path / "m.onnx"),
+                   "--coco-dir", str(samples.coco_dir()), "--split", samples.SPLIT,
+                   "--out", str(tmp_path), "--coordinator", "127.0.0.1:1234",
+                   "--num-processes", "2", "--process-id", "0"]) == 2
+  assert "--backend onnx evaluates in one process" in capsys.readouterr().err

@@ -39,12 +39,18 @@ def check_model(args: argparse.Namespace, model: str) -> None:
                     "..., H-4 or phi=<number> (`ehrnet info` lists them)")
 
 
-def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = None):
+def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = None,
+                   every_local_device: bool = False):
   """The `inference.PoseEstimator` of the flags, for `model` (call `check_model` first, before
-  any slow work)."""
+  any slow work). `every_local_device`: with JAX, each batch is shared by all devices of this
+  process (else it runs on one)."""
   scales, flip = parse_scales(args.scales), not args.no_flip
   if args.backend == "onnx":
     from ehrnet_jax.inference import onnx_decoder  # pylint: disable=import-outside-toplevel
     return onnx_decoder.onnx_estimator(model, args.variant, scales, flip, args.device)
-  from ehrnet_jax.inference import jax_decoder  # pylint: disable=import-outside-toplevel
-  return jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket)
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from ehrnet_jax.inference import jax_decoder
+  # pylint: enable=import-outside-toplevel
+  devices = jax.local_devices() if every_local_device else None
+  return jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket, devices=devices)

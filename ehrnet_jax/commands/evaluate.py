@@ -3,7 +3,8 @@
 import argparse
 import json
 
-from ehrnet_jax.commands import _runtime
+from ehrnet_jax.commands import _distributed, _runtime
+from ehrnet_jax.errors import UserError
 
 EXAMPLE = """example:
   ehrnet evaluate --variant H-4 --checkpoint checkpoints/H-4 --coco-dir data/coco \\
@@ -11,13 +12,19 @@ EXAMPLE = """example:
   ehrnet evaluate --variant H0 --checkpoint checkpoints/H0 --data-dir data/tfds \\
       --scales 0.5,1,1.5 --out runs/eval-H0-ms
   ehrnet evaluate --backend onnx --checkpoint h4_640.onnx --coco-dir data/coco --out runs/eval
+  ehrnet evaluate ... --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   (and 1)
 
 Writes OUT/results.json (COCO results: every person found, no OKS-NMS) and OUT/metrics.json
 (pycocotools stats by name: AP, AP50, AP75, APM, APL, AR, ...; milliseconds per image split into
 network / decode / grouping; the settings). The test size is the reference's: short side = the
 variant's input size rounded up to a multiple of 64 (times each scale). With --backend onnx the
 model is an `ehrnet export --format onnx` file run by onnxruntime (no JAX); its --size must hold
-every image's test size (e.g. 640x640 for H-4 on COCO, whose photos are at most 640 pixels)."""
+every image's test size (e.g. 640x640 for H-4 on COCO, whose photos are at most 640 pixels).
+
+With --backend jax the images of one test size run in batches of one image per local device, and
+several processes (--coordinator or --distributed, as for `ehrnet train`) share the images; process
+0 scores them all and alone prints and writes. Network milliseconds per image are a batch's time
+divided by its number of images. --backend onnx runs one image at a time in one process."""
 
 
 def register(subparsers) -> None:
@@ -38,6 +45,7 @@ def register(subparsers) -> None:
   parser.add_argument("--bucket", type=int, help="pad network inputs to multiples of this many "
                       "pixels to compile fewer shapes (changes results slightly at the border)")
   _runtime.add_arguments(parser)
+  _distributed.add_arguments(parser)
   parser.set_defaults(run=run)
 
 
@@ -45,16 +53,29 @@ def run(args) -> int:
   from ehrnet_jax.inference import coco_evaluation  # pylint: disable=import-outside-toplevel
   _runtime.check_model(args, args.checkpoint)
   scales = _runtime.parse_scales(args.scales)
+  processes = coco_evaluation.OneProcess()
+  if args.backend == "jax":
+    _distributed.start(args)
+    from ehrnet_jax.training import process_exchange  # pylint: disable=import-outside-toplevel
+    processes = process_exchange.JaxProcesses()
+  elif _distributed.requested(args):
+    raise UserError("--backend onnx evaluates in one process: drop --coordinator/--distributed "
+                    "(multi-process evaluation runs --backend jax)")
   # The data first: a wrong folder or split fails before the model loads.
   if args.coco_dir:
     source = coco_evaluation.coco_folder(args.coco_dir, args.split, args.max_images)
   else:
     source = coco_evaluation.tfds_dataset(args.data_dir, args.split, args.max_images)
-  estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket)
-  evaluation = coco_evaluation.evaluate(estimator, source, verbose=True)
+  estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket, every_local_device=True)
+  main = processes.index == 0
+  evaluation = coco_evaluation.evaluate(estimator, source, progress=main, verbose=main,
+                                        processes=processes)
+  if not main:
+    return 0
   settings = {"variant": args.variant, "checkpoint": str(args.checkpoint), "split": args.split,
               "scales": list(scales), "flip": not args.no_flip, "bucket": args.bucket,
-              "backend": args.backend, "device": args.device}
+              "backend": args.backend, "device": args.device, "processes": processes.count,
+              "batch_per_process": estimator.batch_size}
   metrics_path = coco_evaluation.write_outputs(args.out, evaluation, settings)
   timing = coco_evaluation.timing_summary(evaluation.seconds)
   print(json.dumps({name: round(value, 4) for name, value in evaluation.stats.items()}))

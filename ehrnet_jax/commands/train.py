@@ -4,6 +4,8 @@ model on COCO, or the backbone-only classifier on imagenet2012 / cifar100 (data.
 import argparse
 import json
 
+from ehrnet_jax.commands import _distributed
+
 EXAMPLE = """examples:
   ehrnet train --config experiments/smoke.py --workdir /tmp/smoke
   ehrnet train --config experiments/coco_pose.py:H-4 --workdir runs/H-4 \\
@@ -41,12 +43,7 @@ def register(subparsers) -> None:
                       metavar="KEY=VALUE", help="override a config field (repeatable)")
   parser.add_argument("--print-config", action="store_true",
                       help="print the resolved config as JSON and exit")
-  parser.add_argument("--coordinator", default="", metavar="HOST:PORT",
-                      help="address of process 0, for multi-process training")
-  parser.add_argument("--num-processes", type=int, default=0, help="with --coordinator")
-  parser.add_argument("--process-id", type=int, default=-1, help="with --coordinator")
-  parser.add_argument("--distributed", action="store_true",
-                      help="join a multi-process run detected by JAX (TPU pods, SLURM, MPI)")
+  _distributed.add_arguments(parser)
   parser.set_defaults(run=run)
 
 
@@ -58,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
   if args.print_config:
     print(json.dumps(config.to_dict(), indent=2))
     return 0
-  from ehrnet_jax.training import distributed
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                         auto=args.distributed)
+  _distributed.start(args)
   from ehrnet_jax.training import loop
   state = loop.train(config, args.workdir)
   print(json.dumps({"workdir": args.workdir, "step": int(state.step),

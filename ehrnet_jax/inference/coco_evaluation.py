@@ -4,13 +4,21 @@ Images come from a COCO folder (`ROOT/annotations/person_keypoints_SPLIT.json` a
 `ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.pipeline`).
 As in the reference, every image of the split is run, every person found is kept (no OKS-NMS or
 rescoring), and pycocotools' keypoint metrics are reported by name.
+
+`evaluate` shares the work between the processes of a multi-process run (`Processes`; a
+`jax.distributed` one: `ehrnet_jax.training.process_exchange`): each runs every
+`count`-th image id (from its `index`), grouped by network input size and batched by the
+estimator's `batch_size` (one image per local device for JAX). The people found are gathered,
+process 0 scores them once and shares the stats, so every process returns the same `Evaluation`,
+whose results are in image id order (then the image's order) however the work was shared.
 """
 
 import dataclasses
+import io
 import json
 import pathlib
 import statistics
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -27,10 +35,11 @@ PARTS = ("network", "decode", "grouping")
 
 @dataclasses.dataclass
 class Source:
-  """What to evaluate: ground truth, image ids, and images as (image_id, RGB uint8) pairs."""
+  """What to evaluate: ground truth, the split's sorted image ids, and
+  `images(ids) -> (image_id, RGB uint8)` pairs for exactly those ids, in that order."""
   ground_truth: object          # pycocotools.coco.COCO
   image_ids: list[int]
-  images: Callable[[], Iterator[tuple[int, np.ndarray]]]
+  images: Callable[[Sequence[int]], Iterator[tuple[int, np.ndarray]]]
 
 
 def coco_folder(root, split: str = "val2017", max_images: int | None = None,
@@ -46,8 +55,8 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
                     f"split {split} in {split}/")
   image_ids = sorted(ground_truth.imgs if image_ids is None else image_ids)[:max_images]
 
-  def images():
-    for image_id in image_ids:
+  def images(ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    for image_id in ids:
       yield image_id, read_image(root / split / ground_truth.imgs[image_id]["file_name"])
 
   return Source(ground_truth, image_ids, images)
@@ -90,13 +99,13 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
       records.map(lambda r: {k: v for k, v in r.items() if k != "image"}))}
   image_ids = sorted(annotations)[:max_images]
   ground_truth = _ground_truth(annotations[i] for i in image_ids)
-  wanted = tf.constant(image_ids, tf.int64)
 
-  def images():
+  def images(ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    wanted = tf.constant(list(ids), tf.int64)
     chosen = records.filter(lambda r: tf.reduce_any(tf.equal(r["image_id"], wanted)))
-    for record in tfds.as_numpy(chosen):
-      yield int(record["image_id"]), cv2.cvtColor(images_lib.decode_image(record["image"]),
-                                                  cv2.COLOR_BGR2RGB)
+    read = {int(record["image_id"]): record["image"] for record in tfds.as_numpy(chosen)}
+    for image_id in ids:
+      yield image_id, cv2.cvtColor(images_lib.decode_image(read[image_id]), cv2.COLOR_BGR2RGB)
 
   return Source(ground_truth, image_ids, images)
 
@@ -123,24 +132,101 @@ def _ground_truth(records):
   return ground_truth
 
 
+class Processes(Protocol):
+  """The processes sharing an evaluation: this one's `index` of `count`, and byte exchange."""
+  index: int
+  count: int
+
+  def gather(self, data: bytes) -> list[bytes]:
+    """Every process's `data`, by process index, on every process."""
+    ...
+
+  def share(self, data: bytes) -> bytes:
+    """Process 0's `data` on every process (the others' `data` is ignored)."""
+    ...
+
+
+class OneProcess:
+  """`Processes` of a single-process run."""
+  index, count = 0, 1
+
+  def gather(self, data: bytes) -> list[bytes]:
+    return [data]
+
+  def share(self, data: bytes) -> bytes:
+    return data
+
+
 @dataclasses.dataclass
 class Evaluation:
-  results: list[dict]          # COCO result entries
+  results: list[dict]          # COCO result entries, by image id then the image's order
   stats: dict[str, float]      # pycocotools metrics by name ("AP", "AR", ...)
-  seconds: list[dict]          # per image: seconds per part (PARTS)
+  seconds: list[dict]          # per image, by image id: seconds per part (PARTS)
 
 
 def evaluate(estimator: PoseEstimator, source: Source, progress: bool = True,
-             verbose: bool = False) -> Evaluation:
-  """Runs `estimator` on every image of `source` and scores the results with pycocotools."""
-  results, seconds = [], []
-  for image_id, image in tqdm.tqdm(source.images(), total=len(source.image_ids), unit="image",
-                                   disable=not progress):
-    poses = estimator([image])[0]
-    results += coco_results.person_results(image_id, poses.people, poses.scores)
-    seconds.append(poses.seconds)
-  stats = coco_results.evaluate_keypoints(source.ground_truth, results, source.image_ids, verbose)
-  return Evaluation(results, stats, seconds)
+             verbose: bool = False, processes: Processes = OneProcess()) -> Evaluation:
+  """Runs `estimator` on every image of `source` and scores the results with pycocotools.
+
+  With several `processes`, each runs its share of the images (see the module docstring) and all
+  must call this together; the progress bar and `verbose` summary are process 0's.
+  """
+  image_ids = source.image_ids[processes.index::processes.count]
+  main = processes.index == 0
+  with tqdm.tqdm(total=len(image_ids), unit="image", disable=not (progress and main)) as bar:
+    found = dict(_estimate(estimator, source.images(image_ids), bar))
+  found = {k: v for data in processes.gather(_encode(found)) for k, v in _decode(data).items()}
+  results = [entry for image_id in sorted(found)
+             for entry in coco_results.person_results(image_id, *found[image_id][:2])]
+  stats = coco_results.evaluate_keypoints(source.ground_truth, results, source.image_ids,
+                                          verbose) if main else {}
+  stats = json.loads(processes.share(json.dumps(stats).encode()))
+  return Evaluation(results, stats, [found[image_id][2] for image_id in sorted(found)])
+
+
+def _estimate(estimator: PoseEstimator, images: Iterable[tuple[int, np.ndarray]],
+              bar: tqdm.tqdm) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, dict]]]:
+  """(image_id, (people, scores, seconds)) for every image: images wait, by network input size,
+  until `estimator.batch_size` of them can run together; the rest run at the end."""
+  waiting: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+
+  def run(batch):
+    poses = estimator([image for _, image in batch])
+    bar.update(len(batch))
+    return [(image_id, (p.people, p.scores, p.seconds)) for (image_id, _), p in zip(batch, poses)]
+
+  for image_id, image in images:
+    size = estimator.input_sizes(image.shape[:2])
+    waiting.setdefault(size, []).append((image_id, image))
+    if len(waiting[size]) == estimator.batch_size:
+      yield from run(waiting.pop(size))
+  for batch in waiting.values():
+    yield from run(batch)
+
+
+def _encode(found: dict[int, tuple[np.ndarray, np.ndarray, dict]]) -> bytes:
+  """People, scores and seconds by image id -> bytes (NPZ; dtypes kept, so decoding is exact)."""
+  ids = sorted(found)
+  people = [found[i][0][..., :3] for i in ids]   # x, y, value: what the results hold
+  arrays = {"ids": np.asarray(ids, np.int64),
+            "counts": np.asarray([len(p) for p in people], np.int64),
+            "people": np.concatenate(people) if ids else np.zeros((0, 0, 3), np.float32),
+            "scores": np.concatenate([found[i][1] for i in ids]) if ids else np.zeros(0),
+            "seconds": np.asarray([[found[i][2][part] for part in PARTS] for i in ids],
+                                  np.float64).reshape(-1, len(PARTS))}
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def _decode(data: bytes) -> dict[int, tuple[np.ndarray, np.ndarray, dict]]:
+  """The inverse of `_encode`."""
+  arrays = np.load(io.BytesIO(data), allow_pickle=False)
+  ends = np.cumsum(arrays["counts"])
+  return {int(image_id): (people, scores, dict(zip(PARTS, map(float, seconds))))
+          for image_id, people, scores, seconds in zip(
+              arrays["ids"], np.split(arrays["people"], ends[:-1]),
+              np.split(arrays["scores"], ends[:-1]), arrays["seconds"])}
 
 
 def timing_summary(seconds: list[dict]) -> dict[str, dict[str, float]]:

@@ -68,7 +68,7 @@ def evaluate_keypoints(ground_truth, results: list[dict], image_ids=None,
 
   Args:
     ground_truth: a `pycocotools.coco.COCO` (see `load_ground_truth`).
-    results: entries as made by `person_results`.
+    results: entries as made by `person_results` (left as they are).
     image_ids: restrict the evaluation to these images (default: all images of the annotations).
     verbose: print pycocotools' summary table.
   """
@@ -76,7 +76,9 @@ def evaluate_keypoints(ground_truth, results: list[dict], image_ids=None,
   if not results:   # pycocotools cannot load an empty result list; nothing found scores 0
     return {name: 0.0 for name in STAT_NAMES}
   with contextlib.redirect_stdout(io.StringIO()):
-    evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), "keypoints")
+    # loadRes adds fields to the entries it is given (id, area, segmentation, ...): copies.
+    evaluator = COCOeval(ground_truth, ground_truth.loadRes([dict(r) for r in results]),
+                         "keypoints")
     if image_ids is not None:
       evaluator.params.imgIds = sorted(int(i) for i in image_ids)
     evaluator.evaluate()

@@ -2,10 +2,12 @@
 
 `PoseEstimator` does what the reference's `valid.py` does per image: warp the image to every test
 scale, let a `Decoder` turn the warped images into maps, group each image's maps into people
-(`grouping`) and map them back to the image (`transforms`).
+(`grouping`) and map them back to the image (`transforms`). Images whose test sizes agree
+(`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes.
 
 A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
-`(scale, uint8 images (B, h, w, 3))` largest scale first. Two exist:
+`(scale, uint8 images (B, h, w, 3))` largest scale first; its `batch_size` says how many images
+per call keep its devices busy. Two exist:
 - `jax_decoder.JaxDecoder`: network and decoding on device (JAX);
 - `host_decoder.HostDecoder`: wraps any `backend(float32 images) -> (heatmaps_4, tags_4,
   heatmaps_2)` (e.g. an ONNX Runtime session, `onnx_decoder`) and aggregates with NumPy.
@@ -43,6 +45,8 @@ class Maps:
 
 
 class Decoder(Protocol):
+  batch_size: int   # images per call that fill the decoder's devices (other counts work too)
+
   def __call__(self, pyramid: list[tuple[float, np.ndarray]],
                base_hw: tuple[int, int]) -> Maps:
     ...
@@ -72,25 +76,42 @@ class PoseEstimator:
     self.keypoint_set = keypoint_set
     self.config = config
 
+  @property
+  def batch_size(self) -> int:
+    """Images per call that fill the decoder's devices (e.g. one per local device)."""
+    return self.decoder.batch_size
+
+  def input_sizes(self, image_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """The network input sizes (w', h') of every test scale for an image of `image_hw`, largest
+    first: images with equal input sizes can share a call."""
+    h, w = image_hw
+    return tuple(size.size_wh for _, size in
+                 transforms.pyramid_sizes((w, h), self.input_size, self.scales))
+
   def __call__(self, images: list[np.ndarray]) -> list[Poses]:
-    """`images`: RGB uint8 (h, w, 3), all of the same size (e.g. video frames, or just one)."""
-    h, w = images[0].shape[:2]
-    if any(image.shape != images[0].shape for image in images):
-      raise ValueError("a batch must hold images of one size; call once per size")
-    sizes = transforms.pyramid_sizes((w, h), self.input_size, self.scales)
-    base = transforms.multi_scale_size((w, h), self.input_size, 1.0, min(self.scales))
-    pyramid = [(s, np.stack([transforms.warp_image(image, size) for image in images]))
-               for s, size in sizes]
-    maps = self.decoder(pyramid, base.size_wh[::-1])
-    # The reference maps back with the (center, scale) of the last scale it ran.
-    last = sizes[-1][1]
+    """`images`: RGB uint8 (h, w, 3) with the same `input_sizes` (e.g. video frames, photos of
+    one aspect ratio, or just one image)."""
+    sizes = [transforms.pyramid_sizes(image.shape[1::-1], self.input_size, self.scales)
+             for image in images]
+    if any([s.size_wh for _, s in pyramid] != [s.size_wh for _, s in sizes[0]]
+           for pyramid in sizes):
+      raise ValueError("a batch must hold images of one network input size (`input_sizes`); "
+                       "call once per size")
+    pyramid = [(scale, np.stack([transforms.warp_image(image, image_sizes[level][1])
+                                 for image, image_sizes in zip(images, sizes)]))
+               for level, (scale, _) in enumerate(sizes[0])]
+    base_wh = transforms.multi_scale_size(images[0].shape[1::-1], self.input_size, 1.0,
+                                          min(self.scales)).size_wh
+    maps = self.decoder(pyramid, base_wh[::-1])
     results = []
-    for index in range(len(images)):
+    for index, image_sizes in enumerate(sizes):
       start = time.perf_counter()
       people, scores = grouping.parse(
           maps.heatmaps[index], maps.tags[index], self.keypoint_set, self.config,
           candidates=None if maps.candidates is None else maps.candidates[index])
-      people = transforms.map_to_image(people, last.center, last.scale, base.size_wh)
+      # The reference maps back with the (center, scale) of the last scale it ran.
+      last = image_sizes[-1][1]
+      people = transforms.map_to_image(people, last.center, last.scale, base_wh)
       seconds = {"network": maps.network_s / len(images), "decode": maps.decode_s / len(images),
                  "grouping": time.perf_counter() - start}
       results.append(Poses(people, scores, seconds))

@@ -22,6 +22,8 @@ Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 class HostDecoder:
   """A `Decoder` around any backend returning NumPy arrays; aggregation with NumPy."""
 
+  batch_size = 1   # one image per call: the backend's own device (ONNX Runtime) runs it
+
   def __init__(self, backend: Backend, flip_index=None):
     self.backend = backend
     self.flip_index = flip_index

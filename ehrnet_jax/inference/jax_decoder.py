@@ -10,6 +10,11 @@ on CPU runs them several times faster apart than fused into one program (measure
    size of scale 1), then the mean over scales;
 3. candidates: max-pool NMS, then the top-k peaks per joint (`nms_top_k`).
 
+A decoder runs on a mesh of devices of this process (default: one): each call's batch is padded
+with black images to a multiple of the device count (`batch_size`) and sharded over the devices
+(`NamedSharding`, axis "batch"), the variables replicated on them; the padded images' outputs are
+dropped. So a batch of a given input size compiles one program, whatever the number of images.
+
 Each jitted function compiles once per input shape. The test sizes are multiples of 64, so the
 number of shapes is already small; `bucket` (e.g. 256) pads the network input at the bottom/right
 with black up to a multiple of `bucket` and crops the outputs, so that a folder of photos of many
@@ -19,11 +24,12 @@ padded pixels are seen by the convolutions near the bottom/right edge).
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import keypoints as keypoints_lib
@@ -88,8 +94,11 @@ class JaxDecoder:
 
   def __init__(self, apply_fn: ApplyFn, variables, flip_index=None,
                config: grouping.GroupingConfig = grouping.GroupingConfig(),
-               bucket: int | None = None):
-    """`flip_index` turns on the flip test (e.g. `keypoints.COCO.flip_index`)."""
+               bucket: int | None = None, devices: Sequence[jax.Device] | None = None):
+    """`flip_index` turns on the flip test (e.g. `keypoints.COCO.flip_index`); `devices`: devices
+    of this process that share each batch (default: the first local device)."""
+    self._mesh = Mesh(np.asarray(devices or jax.local_devices()[:1]), ("batch",))
+    self.batch_size = self._mesh.size
     self.variables = variables
     self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket),
                             compiler_options=inference_compiler_options())
@@ -99,36 +108,61 @@ class JaxDecoder:
     self._nms = jax.jit(lambda maps: nms(maps[0], config.nms_kernel))
     self._top_k = jax.jit(functools.partial(_top_k_with_tags, config.max_num_people))
 
+  @property
+  def variables(self):
+    return self._variables
+
+  @variables.setter
+  def variables(self, variables):
+    """Replicates `variables` on the decoder's devices. A global array spanning several processes
+    (the trainer's) must be fully replicated: this process's first copy is taken."""
+    local = jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array)
+                         and not x.is_fully_addressable else x, variables)
+    self._variables = jax.device_put(local, NamedSharding(self._mesh, PartitionSpec()))
+
   def __call__(self, pyramid, base_hw: tuple[int, int]) -> Maps:
+    count = len(pyramid[0][1])
+    batch = -(-count // self.batch_size) * self.batch_size   # padded to fill every device
+    sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
     start = time.perf_counter()
-    outputs = [self._network(self.variables, jnp.asarray(images)) for _, images in pyramid]
+    outputs = [self._network(self.variables, jax.device_put(_pad_batch(images, batch), sharding))
+               for _, images in pyramid]
     jax.block_until_ready(outputs)
     network_done = time.perf_counter()
     scales = tuple(float(s) for s, _ in pyramid)
     maps = self._maps(outputs, scales=scales, base_hw=tuple(base_hw))
     xy, values, candidate_tags = jax.device_get(self._top_k(self._nms(maps), maps))
-    heatmaps, tags = aggregation.split_maps(np.asarray(maps))
-    candidates = [grouping.Candidates(*parts) for parts in zip(xy, values, candidate_tags)]
+    heatmaps, tags = aggregation.split_maps(np.asarray(maps)[:, :count])
+    candidates = [grouping.Candidates(*parts)
+                  for parts in zip(xy[:count], values[:count], candidate_tags[:count])]
     return Maps(heatmaps, tags, candidates, network_s=network_done - start,
                 decode_s=time.perf_counter() - network_done)
 
 
+def _pad_batch(images: np.ndarray, batch: int) -> np.ndarray:
+  """(B, h, w, 3) -> (batch, h, w, 3), black images appended."""
+  return np.pad(images, ((0, batch - len(images)), (0, 0), (0, 0), (0, 0)))
+
+
 def network_decoder(spec: ScalingSpec, variables, flip_index=None,
                     config: grouping.GroupingConfig = grouping.GroupingConfig(),
-                    bucket: int | None = None) -> JaxDecoder:
+                    bucket: int | None = None,
+                    devices: Sequence[jax.Device] | None = None) -> JaxDecoder:
   """A `JaxDecoder` running `EfficientHRNet(spec)` on `variables` (params and batch_stats) in the
   fastest inference form on this backend: the batch norms folded into the convolutions once,
   here. Variables given later must be folded as well (`decoder.variables =
   fold_batch_norm(variables)`)."""
   model = EfficientHRNet(spec, ExecutionForm.for_backend(jax.default_backend(), train=False))
   return JaxDecoder(lambda v, x: model.apply(v, x, train=False), fold_batch_norm(variables),
-                    flip_index, config, bucket)
+                    flip_index, config, bucket, devices)
 
 
 def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
                   bucket: int | None = None,
-                  config: grouping.GroupingConfig = grouping.GroupingConfig()) -> PoseEstimator:
-  """A `PoseEstimator` running the network of an ehrnet checkpoint directory with JAX.
+                  config: grouping.GroupingConfig = grouping.GroupingConfig(),
+                  devices: Sequence[jax.Device] | None = None) -> PoseEstimator:
+  """A `PoseEstimator` running the network of an ehrnet checkpoint directory with JAX on
+  `devices` of this process (default: one).
 
   `variant`, if given, must match the checkpoint (UserError otherwise).
   """
@@ -136,7 +170,7 @@ def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: b
   variables, spec = weights.load_variables(checkpoint, expected)
   keypoint_set = keypoints_lib.COCO
   decoder = network_decoder(spec, variables, keypoint_set.flip_index if flip else None, config,
-                            bucket)
+                            bucket, devices)
   return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)
 
 

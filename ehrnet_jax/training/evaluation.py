@@ -2,12 +2,14 @@
 
 - `CocoEvaluator`, pose: COCO keypoint AP through `ehrnet_jax.inference.coco_evaluation`. Runs
   the reference's single-scale test (flip test on, every person kept) on a split of the TFDS
-  build the loop trains from, with the network and decoding on device. One decoder is kept for
-  the whole run, so each evaluation after the first reuses the compiled network for every image
-  size.
+  build the loop trains from, with the network and decoding on device: the processes share the
+  images, each batching them over its local devices, and process 0 scores them
+  (`coco_evaluation.evaluate`). One decoder is kept for the whole run, so each evaluation after
+  the first reuses the compiled network for every image size.
 - `ClassificationEvaluator`, backbone classifier: top-1 and top-5 accuracy on centre crops of a
   TFDS split (`ehrnet_jax.data.classification.eval_dataset`), one compiled batch shape.
-Every process runs the same evaluation (the metrics rank the checkpoints everywhere).
+Every process calls the evaluation and gets the same metrics (they rank the checkpoints
+everywhere).
 """
 
 from typing import Any
@@ -30,17 +32,20 @@ class CocoEvaluator:
   def __init__(self, tfds_dir: str, split: str, input_size: int, max_images: int = 0):
     # TensorFlow and pycocotools: import only when used.
     from ehrnet_jax.inference import coco_evaluation
+    from ehrnet_jax.training import process_exchange
     self._evaluate = coco_evaluation
     self._source = coco_evaluation.tfds_dataset(tfds_dir, split, max_images or None)
     self._input_size = input_size
     self._estimator = None
+    self._processes = process_exchange.JaxProcesses()
 
   def _estimator_for(self, variables: dict[str, Any], spec: ScalingSpec):
     from ehrnet_jax import inference, keypoints
     from ehrnet_jax.inference import jax_decoder
     from ehrnet_jax.models import fold_batch_norm
     if self._estimator is None:
-      decoder = jax_decoder.network_decoder(spec, variables, keypoints.COCO.flip_index)
+      decoder = jax_decoder.network_decoder(spec, variables, keypoints.COCO.flip_index,
+                                            devices=jax.local_devices())
       self._estimator = inference.PoseEstimator(decoder, self._input_size)
     else:
       self._estimator.decoder.variables = fold_batch_norm(variables)
@@ -48,7 +53,8 @@ class CocoEvaluator:
 
   def __call__(self, variables: dict[str, Any], spec: ScalingSpec) -> dict[str, float]:
     estimator = self._estimator_for(variables, spec)
-    stats = self._evaluate.evaluate(estimator, self._source, progress=False).stats
+    stats = self._evaluate.evaluate(estimator, self._source, progress=False,
+                                    processes=self._processes).stats
     return {"ap": stats["AP"], "ap50": stats["AP50"], "ar": stats["AR"]}
 
 
