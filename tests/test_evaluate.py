@@ -151,34 +151,22 @@ def test_coco_folder_reads_the_ids_asked_for_in_that_order():
 
 
 class _ThreadProcesses:
-  """`coco_evaluation.Processes` for `count` threads of one process: exchanges through shared
-  slots between barriers."""
+  """`coco_evaluation.Processes` for thread `index` of `count` threads of this process: the
+  exchanges go through shared `slots` between two waits on a shared barrier."""
 
-  def __init__(self, count: int):
-    self.count = count
-    self._barrier = threading.Barrier(count)
-    self._slots = [b""] * count
+  def __init__(self, index: int, count: int, slots: list, barrier: threading.Barrier):
+    self.index, self.count = index, count
+    self._slots, self._barrier = slots, barrier
 
-  def member(self, index: int):
-    group = self
+  def gather(self, data: bytes) -> list[bytes]:
+    self._slots[self.index] = data
+    self._barrier.wait()
+    everyone = list(self._slots)
+    self._barrier.wait()
+    return everyone
 
-    class Member:
-      count = group.count
-
-      def __init__(self):
-        self.index = index
-
-      def gather(self, data):
-        group._slots[index] = data
-        group._barrier.wait()
-        everyone = list(group._slots)
-        group._barrier.wait()
-        return everyone
-
-      def share(self, data):
-        return self.gather(data)[0]
-
-    return Member()
+  def share(self, data: bytes) -> bytes:
+    return self.gather(data)[0]
 
 
 def test_processes_share_the_images_and_all_return_the_one_process_evaluation():
@@ -195,10 +183,11 @@ def test_processes_share_the_images_and_all_return_the_one_process_evaluation():
   one = coco_evaluation.evaluate(_host_estimator(1), source, progress=False)
   assert one.results == first.results and one.stats["AP"] > 0.5
   assert [r["image_id"] for r in one.results] == sorted(r["image_id"] for r in one.results)
-  threads = _ThreadProcesses(3)
+  slots, barrier = [b""] * 3, threading.Barrier(3)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     shared = list(pool.map(lambda i: coco_evaluation.evaluate(
-        _host_estimator(2), source, progress=False, processes=threads.member(i)), range(3)))
+        _host_estimator(2), source, progress=False,
+        processes=_ThreadProcesses(i, 3, slots, barrier)), range(3)))
   for evaluation in shared:
     # Exact: the host path computes every image alone (see _content_backend), and the results
     # travel as their float32 values.

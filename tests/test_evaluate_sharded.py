@@ -102,7 +102,8 @@ def test_two_devices_give_the_one_device_evaluation(checkpoint, single, tmp_path
   for key, atol in (("keypoints", 1e-3), ("bbox", 1e-3), ("score", 1e-5)):
     np.testing.assert_allclose([r[key] for r in sharded], [r[key] for r in results], atol=atol,
                                rtol=0, err_msg=key)
-  # Against the made-up ground truth the AP is far from 0, and differences of that size leave it as is.
+  # Against the made-up ground truth the AP is far from 0, and differences of that size leave it
+  # as it is.
   expected = coco_testing.keypoint_ap(made_up, results)
   assert expected > 0.3 and coco_testing.keypoint_ap(made_up, sharded) == expected
 

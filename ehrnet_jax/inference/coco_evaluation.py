@@ -232,8 +232,9 @@ def _decode(data: bytes) -> dict[int, tuple[np.ndarray, np.ndarray, dict]]:
 def timing_summary(seconds: list[dict]) -> dict[str, dict[str, float]]:
   """Mean and median milliseconds per image for each part and in total.
 
-  The median is the steady-state figure: the first image of every input size includes
-  compilation, which the mean keeps.
+  The median is the steady-state figure: the first batch of every input size includes
+  compilation, which the mean keeps. Images that ran as one batch share its network and decode
+  time equally (the batch's seconds / its number of images, padding excluded).
   """
   summary = {}
   for part in (*PARTS, "total"):
@@ -244,11 +245,13 @@ def timing_summary(seconds: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def write_outputs(out_dir, evaluation: Evaluation, settings: dict) -> pathlib.Path:
-  """`results.json` (COCO results) and `metrics.json` (stats by name, timings, settings)."""
+  """`results.json` (COCO results) and `metrics.json` (stats by name, `timing_summary`,
+  settings)."""
   out_dir = pathlib.Path(out_dir)
   coco_results.write_results(out_dir / "results.json", evaluation.results)
   metrics = {**evaluation.stats, "num_images": len(evaluation.seconds),
              "num_people": len(evaluation.results),
              "ms_per_image": timing_summary(evaluation.seconds), "settings": settings}
-  (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+  coco_results.write_text_atomically(out_dir / "metrics.json",
+                                     json.dumps(metrics, indent=2) + "\n")
   return out_dir / "metrics.json"

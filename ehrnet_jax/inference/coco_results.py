@@ -8,6 +8,7 @@ score and the box spans the keypoints.
 import contextlib
 import io
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -43,10 +44,18 @@ def person_results(image_id: int, people: np.ndarray, scores: np.ndarray,
 
 
 def write_results(path, results: list[dict]) -> None:
-  """Writes result entries as a COCO results JSON file."""
+  """Writes result entries as a COCO results JSON file (atomically)."""
+  write_text_atomically(path, json.dumps(results))
+
+
+def write_text_atomically(path, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it to `path`: a crash leaves
+  the old file or the new one, never half of it. Creates the parent folders."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(results))
+  temporary = path.with_name(f".{path.name}.tmp")
+  temporary.write_text(text)
+  os.replace(temporary, path)
 
 
 def load_ground_truth(annotation_file):
