@@ -86,7 +86,7 @@ def main():
   print("| image | input W×H | people | network ms | decode ms | grouping ms | CPU ms |")
   print("|---|---|---|---|---|---|---|")
   per_image = []
-  for image_id, image in source.images():
+  for image_id, image in source.images(source.image_ids):
     estimator([image])                                # compiles for this input size
     runs, cpu = [], []
     for _ in range(args.repeats):

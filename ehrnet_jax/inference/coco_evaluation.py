@@ -1,7 +1,8 @@
 """COCO keypoint evaluation: run a `PoseEstimator` over a split, write results, score them.
 
 Images come from a COCO folder (`ROOT/annotations/person_keypoints_SPLIT.json` and
-`ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.pipeline`).
+`ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.coco_tfds`,
+read by index through `tfds.data_source`, without TensorFlow).
 As in the reference, every image of the split is run, every person found is kept (no OKS-NMS or
 rescoring), and pycocotools' keypoint metrics are reported by name.
 """
@@ -10,7 +11,7 @@ import dataclasses
 import json
 import pathlib
 import statistics
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -27,10 +28,11 @@ PARTS = ("network", "decode", "grouping")
 
 @dataclasses.dataclass
 class Source:
-  """What to evaluate: ground truth, image ids, and images as (image_id, RGB uint8) pairs."""
+  """What to evaluate: the ground truth, the sorted ids of the images evaluated, and
+  `images(ids)`, which yields (image_id, RGB uint8 image) for exactly those ids in that order."""
   ground_truth: object          # pycocotools.coco.COCO
   image_ids: list[int]
-  images: Callable[[], Iterator[tuple[int, np.ndarray]]]
+  images: Callable[[Sequence[int]], Iterator[tuple[int, np.ndarray]]]
 
 
 def coco_folder(root, split: str = "val2017", max_images: int | None = None,
@@ -46,8 +48,8 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
                     f"split {split} in {split}/")
   image_ids = sorted(ground_truth.imgs if image_ids is None else image_ids)[:max_images]
 
-  def images():
-    for image_id in image_ids:
+  def images(ids: Sequence[int]):
+    for image_id in ids:
       yield image_id, read_image(root / split / ground_truth.imgs[image_id]["file_name"])
 
   return Source(ground_truth, image_ids, images)
@@ -72,31 +74,24 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
   """The dataset built by `ehrnet data` (TFDS); the ground truth is rebuilt from its records.
 
   The same images as `coco_folder` on the COCO folder it was built from: in id order, at most
-  `max_images`.
+  `max_images`. Read by index through `tfds.data_source` (no TensorFlow); `images(ids)` decodes
+  only the images asked for.
   """
   # pylint: disable=import-outside-toplevel
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-  from ehrnet_jax.data import pipeline
+  from ehrnet_jax.data import coco_tfds, pipeline
   # pylint: enable=import-outside-toplevel
   split = TFDS_SPLITS.get(split, split)
-  builder = pipeline.load_builder(data_dir)
-  if split not in builder.info.splits:
-    raise UserError(f"{data_dir}: split '{split}' not built; pass --split with one of "
-                    f"{', '.join(builder.info.splits)}")
-  records = builder.as_dataset(split=split, shuffle_files=False,
-                               decoders={"image": tfds.decode.SkipDecoding()})
-  annotations = {int(r["image_id"]): r for r in tfds.as_numpy(
-      records.map(lambda r: {k: v for k, v in r.items() if k != "image"}))}
-  image_ids = sorted(annotations)[:max_images]
-  ground_truth = _ground_truth(annotations[i] for i in image_ids)
-  wanted = tf.constant(image_ids, tf.int64)
+  source = pipeline.open_split(coco_tfds.load_builder(data_dir), split, "--split")
+  # Every record without its image bytes (read again by `images`, only those evaluated).
+  records = [{k: v for k, v in source[i].items() if k != "image"} for i in range(len(source))]
+  index_of = {int(r["image_id"]): i for i, r in enumerate(records)}
+  image_ids = sorted(index_of)[:max_images]
+  ground_truth = _ground_truth(records[index_of[i]] for i in image_ids)
 
-  def images():
-    chosen = records.filter(lambda r: tf.reduce_any(tf.equal(r["image_id"], wanted)))
-    for record in tfds.as_numpy(chosen):
-      yield int(record["image_id"]), cv2.cvtColor(images_lib.decode_image(record["image"]),
-                                                  cv2.COLOR_BGR2RGB)
+  def images(ids: Sequence[int]):
+    for image_id in ids:
+      encoded = source[index_of[image_id]]["image"]
+      yield image_id, cv2.cvtColor(images_lib.decode_image(encoded), cv2.COLOR_BGR2RGB)
 
   return Source(ground_truth, image_ids, images)
 
@@ -134,8 +129,8 @@ def evaluate(estimator: PoseEstimator, source: Source, progress: bool = True,
              verbose: bool = False) -> Evaluation:
   """Runs `estimator` on every image of `source` and scores the results with pycocotools."""
   results, seconds = [], []
-  for image_id, image in tqdm.tqdm(source.images(), total=len(source.image_ids), unit="image",
-                                   disable=not progress):
+  for image_id, image in tqdm.tqdm(source.images(source.image_ids), total=len(source.image_ids),
+                                   unit="image", disable=not progress):
     poses = estimator([image])[0]
     results += coco_results.person_results(image_id, poses.people, poses.scores)
     seconds.append(poses.seconds)
