@@ -213,7 +213,7 @@ def build(coco_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
 
 def _rebuild_hint(builder: CocoKeypoints, old: str) -> str:
   return (f"rebuild it with `ehrnet data --coco-dir ROOT --data-dir {builder.data_dir_root}` "
-          f"(ROOT: the COCO folder it was built from) and delete {old}, or delete "
+          f"(ROOT: the COCO folder it was built from), then delete the old {old}; or delete "
           f"{builder.data_dir_root} and let `ehrnet train` rebuild it")
 
 
