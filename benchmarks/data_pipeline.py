@@ -1,183 +1,228 @@
-"""Images/second of the training input pipeline, per stage and end to end.
+"""Images/second of the COCO training input: the Grain pipeline against the tf.data one it
+replaced, side by side in one run, and the host cores an accelerator host needs.
 
-  python benchmarks/data_pipeline.py --coco-dir ../shared/data/coco-mini --sizes 384 512
+  git worktree add /tmp/old-pipeline 9edee2a       # the tf.data pipeline (before issue 22)
+  python benchmarks/data_pipeline.py --old-tree /tmp/old-pipeline \\
+      --coco-dir ../shared/data/coco-mini --sizes 384 512
+  git worktree remove /tmp/old-pipeline
 
-For each input size it measures, after a warm-up:
-  stages        CPU milliseconds per image of each host step, one image at a time (decode,
-                ignore-mask RLE, image warp, mask warps, all of augment) and of the two ways to
-                build targets;
-  pipeline      the tf.data pipeline without targets (what the trainer receives), with
-                `--threads` tf.data threads (1 = the per-core rate);
-  +jax targets  the same followed by `targets.prepare_batch` jitted on the local JAX device
-                (here the same CPU: it competes with the pipeline);
-  +tf targets   the rejected alternative: heatmaps and joint lists built in tf.data with NumPy
-                (the reference's patch-max generator), shipped as float32 tensors.
-Prints a JSON line per measurement: images per wall second and per CPU second of this process
-(the per-core rate, robust to other processes sharing the CPU). Figures and the decision they
-support: docs/benchmarks/input_pipeline.md.
+The driver builds the images once for each pipeline (old: TFRecord, version 1.1.0; new:
+array_record, 2.0.0; one data dir), then runs every measurement in its own subprocess, this file
+with `--measure`, the old package or this one on its PYTHONPATH, alternating old and new
+settings for `--rounds` rounds so that both see the same machine load. A measurement: the
+pipeline's host batches of `--batch` images (decode, ignore mask, random affine + flip, the
+integer target positions; targets are built on device, not here), 3 batches of warm-up, then
+`--batches` batches timed: images per wall second, and images per CPU-second of the process and
+its children (Grain's worker processes; the per-core rate, which holds up when other processes
+share the machine), with the 1-minute load average. Settings: old = tf.data with 1 or 2 threads;
+new = Grain with 0 workers (threads of the process), 1 or 2 worker processes.
+
+Last, the sizing table: host cores = chips x images/s per chip / (new pipeline's images per
+CPU-second), the chip's training rate derived from the network's FLOPs (XLA's cost analysis of
+the forward pass at batch 1, x3 for forward + backward) at each assumed `--utilisation` of the
+vendor's peak bf16 FLOP/s. Figures and their reading: docs/benchmarks/input_pipeline.md.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import cv2
-import jax
-import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
-from ehrnet_jax import images as images_lib
-from ehrnet_jax.data import annotations, augment, coco_tfds, pipeline, targets
-
-SIGMA = targets.SIGMA
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VARIANTS = {384: "H-4", 512: "H0"}
+# Peak dense bf16 FLOP/s per chip (vendor data sheets) and chips per host.
+ACCELERATORS = {
+    "TPU v4 host (4 chips)": (275e12, 4),
+    "TPU v5e host (8 chips)": (197e12, 8),
+    "8x H100 SXM node": (989e12, 8),
+}
 
 
-def numpy_targets(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Host-side targets as the reference builds them: 15x15 Gaussian patches, max over people.
-
-  positions (P, J, 3) int32 -> heatmaps (size, size, J) float32 and joints (P, J, 2) int32.
-  """
-  radius = int(3 * SIGMA + 1)
-  offsets = np.arange(-radius, radius + 1)
-  patch = np.exp(-(offsets[:, None]**2 + offsets[None, :]**2) / (2 * SIGMA**2)).astype(np.float32)
-  heatmaps = np.zeros((size + 2 * radius, size + 2 * radius, positions.shape[1]), np.float32)
-  joints = np.zeros(positions.shape[:2] + (2,), np.int32)
-  for p, j in zip(*np.nonzero(positions[..., 2])):
-    x, y = positions[p, j, :2]
-    window = heatmaps[y:y + 2 * radius + 1, x:x + 2 * radius + 1, j]
-    np.maximum(window, patch, out=window)
-  for p, person in enumerate(positions):
-    valid = np.nonzero(person[:, 2])[0]
-    joints[p, :len(valid)] = np.stack(
-        [valid * size * size + person[valid, 1] * size + person[valid, 0],
-         np.ones_like(valid)], -1)
-  return heatmaps[radius:-radius, radius:-radius], joints
+def cpu_seconds() -> float:
+  """CPU seconds of this process and of its live descendants (from /proc: Linux)."""
+  tick = os.sysconf("SC_CLK_TCK")
+  parents, times = {}, {}
+  for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:  # Gone meanwhile.
+      continue
+    pid = int(stat.parent.name)
+    parents[pid], times[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+  total, todo = 0.0, [os.getpid()]
+  while todo:
+    pid = todo.pop()
+    total += times.get(pid, 0.0)
+    todo += [child for child, parent in parents.items() if parent == pid]
+  return total
 
 
-def with_numpy_targets(batch: dict) -> dict:
-  """tf.data map adding heatmaps_4/heatmaps_2/joints_4 computed by `numpy_targets`."""
-  def fn(kp4, kp2, size_4, size_2):
-    flat4, flat2 = kp4.reshape((-1,) + kp4.shape[-3:]), kp2.reshape((-1,) + kp2.shape[-3:])
-    h4, j4 = zip(*[numpy_targets(k, size_4) for k in flat4])
-    h2, _ = zip(*[numpy_targets(k, size_2) for k in flat2])
-    lead = kp4.shape[:-3]
-    return (np.stack(h4).reshape(lead + h4[0].shape), np.stack(h2).reshape(lead + h2[0].shape),
-            np.stack(j4).reshape(lead + j4[0].shape))
-  size_4, size_2 = batch["mask_4"].shape[-1], batch["mask_2"].shape[-1]
-  h4, h2, j4 = tf.numpy_function(fn, [batch["keypoints_4"], batch["keypoints_2"], size_4, size_2],
-                                 [tf.float32, tf.float32, tf.int32], stateful=False)
-  return {**batch, "heatmaps_4": h4, "heatmaps_2": h2, "joints_4": j4}
-
-
-def per_image_ms(fn, items, repeats=3) -> float:
-  """CPU milliseconds (this process) per call of fn over items."""
-  fn(items[0])
-  start = time.process_time()
-  for _ in range(repeats):
-    for item in items:
-      fn(item)
-  return 1e3 * (time.process_time() - start) / (repeats * len(items))
-
-
-def stage_times(data_dir, size: int) -> dict[str, float]:
-  """Single-thread ms per image of each host step on every training image."""
-  builder = pipeline.load_builder(data_dir)
-  skip = {"image": tfds.decode.SkipDecoding()}
-  records = list(tfds.as_numpy(builder.as_dataset("train", decoders=skip)))
-  images = [images_lib.decode_image(r["image"]) for r in records]
-  masks = [annotations.decode_mask(r["ignore_mask_rle"], *i.shape[:2])
-           for r, i in zip(records, images)]
-  rng = np.random.default_rng(0)
-  params = [augment.sample_params(rng, *i.shape[:2]) for i in images]
-  flip_index = builder.builder_config.keypoint_set.flip_index
-  index = list(range(len(records)))
-
-  def matrix(i, s):
-    return augment.affine_matrix(params[i].center, params[i].scale, params[i].rotation, (s, s))
-
-  def augmented(i):
-    kp = records[i]["people"]["keypoints"][records[i]["people"]["num_keypoints"] > 0]
-    return augment.augment(images[i], masks[i], kp, params[i], size, flip_index, 30)
-
-  outs = [augmented(i) for i in index]
-  jax_fn = jax.jit(targets.prepare_batch)
-  one = {k: v[None] for k, v in outs[0].items()}
-  jax.block_until_ready(jax_fn(one))
-  times = {
-      "decode_jpeg": per_image_ms(lambda i: images_lib.decode_image(records[i]["image"]), index),
-      "ignore_mask_rle": per_image_ms(
-          lambda i: annotations.decode_mask(records[i]["ignore_mask_rle"], *masks[i].shape),
-          index),
-      "warp_image": per_image_ms(lambda i: augment.warp(images[i], matrix(i, size), (size, size)),
-                                 index),
-      "warp_masks": per_image_ms(lambda i: [augment.warp_valid_mask(masks[i], matrix(i, s), s)
-                                            for s in (size // 4, size // 2)], index),
-      "augment_total": per_image_ms(augmented, index),
-      "targets_numpy": per_image_ms(
-          lambda i: (numpy_targets(outs[i]["keypoints_4"], size // 4),
-                     numpy_targets(outs[i]["keypoints_2"], size // 2)), index),
-      "targets_jax_cpu": per_image_ms(
-          lambda i: jax.block_until_ready(jax_fn({k: v[None] for k, v in outs[i].items()})),
-          index),
-  }
-  return {k: round(v, 3) for k, v in times.items()}
-
-
-def throughput(data_dir, size, threads, batch, batches, mode) -> tuple[float, float]:
-  """Images per wall second and per CPU second (this process, all threads) of the pipeline
-  delivered to Python (`mode`: none, jax or tf targets). The CPU-second rate is the per-core
-  rate, and it holds up when other processes share the machine."""
+def old_batches(data_dir: str, size: int, batch: int, threads: int):
+  """The tf.data pipeline of the old tree (on PYTHONPATH): NumPy host batches."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  import cv2  # pylint: disable=import-outside-toplevel
+  cv2.setNumThreads(1)
   ds = pipeline.train_dataset(data_dir, input_size=size, per_device_batch=batch, num_devices=1,
                               seed=0, process_index=0, process_count=1)
-  if mode == "tf":
-    ds = ds.map(with_numpy_targets, num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
-  iterator = iter(tfds.as_numpy(ds.with_options(options)))
-  step = jax.jit(targets.prepare_batch) if mode == "jax" else None
+  return iter(tfds.as_numpy(ds.with_options(options)))
+
+
+def new_batches(data_dir: str, size: int, batch: int, workers: int):
+  """The Grain pipeline of this tree: NumPy host batches."""
+  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import keypoints
+  from ehrnet_jax.data import coco_tfds, pipeline
+  # pylint: enable=import-outside-toplevel
+  source = pipeline.open_split(coco_tfds.load_builder(data_dir), "train")
+  stream = pipeline.Stream(seed=0, global_batch=batch, num_records=len(source))
+  augmentation = pipeline.Augmentation(size, keypoints.COCO.flip_index)
+  return pipeline.train_iterator(source, stream, augmentation, workers=workers)
+
+
+def measure(args) -> dict:
+  """One measurement in this process (`--measure`)."""
+  make = old_batches if args.measure == "old" else new_batches
+  iterator = make(args.data_dir, args.size, args.batch, args.parallel)
   for _ in range(3):
-    jax.block_until_ready(step(next(iterator))) if step else next(iterator)
-  start, cpu_start = time.perf_counter(), time.process_time()
-  for _ in range(batches):
-    jax.block_until_ready(step(next(iterator))) if step else next(iterator)
-  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-  del iterator
-  return batches * batch / wall, batches * batch / cpu
+    next(iterator)
+  start, cpu_start = time.perf_counter(), cpu_seconds()
+  for _ in range(args.batches):
+    next(iterator)
+  wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+  images = args.batches * args.batch
+  return {"images_per_s": round(images / wall, 1), "images_per_cpu_s": round(images / cpu, 1),
+          "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def run_child(tree: pathlib.Path, argv: list[str]) -> dict:
+  env = {**os.environ, "PYTHONPATH": str(tree), "JAX_PLATFORMS": "cpu",
+         "TF_CPP_MIN_LOG_LEVEL": "2"}
+  result = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True,
+                          text=True, check=False, timeout=1800)  # a hang guard
+  if result.returncode:
+    raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def chip_images_per_second(size: int, utilisation: float) -> dict[str, float]:
+  """Training images/s per chip of `VARIANTS[size]`: peak x utilisation / (3 x forward FLOPs)."""
+  # pylint: disable=import-outside-toplevel
+  from ehrnet_jax import counting
+  from ehrnet_jax.scaling import ScalingSpec
+  # pylint: enable=import-outside-toplevel
+  flops = counting.model_counts(ScalingSpec.from_name(VARIANTS[size]), (size, size))["flops"]
+  return {"forward_gflops": flops / 1e9,
+          **{name: peak * utilisation / (3 * flops) for name, (peak, _) in
+             ACCELERATORS.items()}}
+
+
+def drive(args) -> None:
+  data_dir = args.data_dir or tempfile.mkdtemp(prefix="ehrnet_bench_")
+  old_tree = pathlib.Path(args.old_tree).resolve()
+  for tree in (old_tree, REPO):
+    run_child(tree, ["--build", "--coco-dir", args.coco_dir, "--data-dir", data_dir])
+  settings = [("old", p) for p in args.old_threads] + [("new", p) for p in args.new_workers]
+  # Interleaved: old 1, new 1, old 2, new 2, ... then the rest.
+  olds, news = [s for s in settings if s[0] == "old"], [s for s in settings if s[0] == "new"]
+  order = [s for pair in zip(olds, news) for s in pair] + olds[len(news):] + news[len(olds):]
+  print(json.dumps({"cpus": os.cpu_count(), "uptime": _uptime(), "batch": args.batch,
+                    "batches": args.batches}), flush=True)
+  rows = []
+  for round_index in range(args.rounds):
+    for size in args.sizes:
+      for which, parallel in order:
+        tree = old_tree if which == "old" else REPO
+        result = run_child(tree, [
+            "--measure", which, "--parallel", str(parallel), "--size", str(size),
+            "--data-dir", data_dir, "--batch", str(args.batch), "--batches", str(args.batches)])
+        row = {"round": round_index, "size": size, "pipeline": which,
+               ("threads" if which == "old" else "workers"): parallel, **result}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+  print(json.dumps({"uptime": _uptime()}), flush=True)
+  summarise(rows, args)
+
+
+def _uptime() -> str:
+  return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def summarise(rows: list[dict], args) -> None:
+  """Markdown: medians over the rounds; then the sizing table."""
+  print("\n| input | pipeline | parallelism | images/s (wall) | images / CPU-s | load (1 min) |")
+  print("|---|---|---|---|---|---|")
+  groups = {}
+  for row in rows:
+    key = (row["size"], row["pipeline"], row.get("threads", row.get("workers")))
+    groups.setdefault(key, []).append(row)
+  per_core = {}
+  for (size, which, parallel), group in sorted(groups.items()):
+    wall = statistics.median(r["images_per_s"] for r in group)
+    cpu = statistics.median(r["images_per_cpu_s"] for r in group)
+    loads = [r["load_1min"] for r in group]
+    label = f"{parallel} tf.data threads" if which == "old" else (
+        f"{parallel} workers" if parallel else "0 workers (2 threads)")
+    print(f"| {size} | {'tf.data' if which == 'old' else 'Grain'} | {label} | {wall:.1f} | "
+          f"{cpu:.1f} | {min(loads):.1f}-{max(loads):.1f} |")
+    if which == "new" and parallel == max(args.new_workers):
+      per_core[size] = cpu
+  for utilisation in args.utilisation:
+    print(f"\nSizing at {utilisation:.0%} of peak bf16 (per-core rate: Grain with "
+          f"{max(args.new_workers)} workers, images per CPU-second):")
+    print("| model @ input | forward GFLOPs | per-core images/s | " +
+          " | ".join(f"{name}: img/s per chip, cores" for name in ACCELERATORS) + " |")
+    print("|---|---|---|" + "---|" * len(ACCELERATORS))
+    for size in args.sizes:
+      chip = chip_images_per_second(size, utilisation)
+      cells = [f"{chip[name]:.0f}, {chips * chip[name] / per_core[size]:.1f}"
+               for name, (_, chips) in ACCELERATORS.items()]
+      print(f"| {VARIANTS[size]} @ {size} | {chip['forward_gflops']:.2f} | "
+            f"{per_core[size]:.0f} | " + " | ".join(cells) + " |")
+
+
+def build(args) -> None:
+  from ehrnet_jax.data import coco_tfds  # pylint: disable=import-outside-toplevel
+  coco_tfds.build(args.coco_dir, args.data_dir)
+  print(json.dumps({"built": args.data_dir}))
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--coco-dir", default=str(pathlib.Path(__file__).resolve().parents[2] /
-                                                "shared" / "data" / "coco-mini"))
-  parser.add_argument("--data-dir", help="built TFDS dir (default: build into a temp dir)")
+  parser.add_argument("--old-tree", help="checkout of the tf.data pipeline (driver)")
+  parser.add_argument("--coco-dir", default=str(REPO.parent / "shared" / "data" / "coco-mini"))
+  parser.add_argument("--data-dir", help="data dir for both builds (default: a temp dir)")
   parser.add_argument("--sizes", type=int, nargs="+", default=[384, 512])
-  parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count()])
+  parser.add_argument("--old-threads", type=int, nargs="+", default=[1, 2])
+  parser.add_argument("--new-workers", type=int, nargs="+", default=[1, 2, 0])
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--batches", type=int, default=30)
-  parser.add_argument("--modes", nargs="+", default=["none", "jax", "tf"])
+  parser.add_argument("--batches", type=int, default=20)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--utilisation", type=float, nargs="+", default=[0.1, 0.25],
+                      help="assumed fractions of the chips' peak bf16 FLOP/s in training")
+  parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--measure", choices=("old", "new"), help=argparse.SUPPRESS)
+  parser.add_argument("--parallel", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  cv2.setNumThreads(1)
-  data_dir = args.data_dir or tempfile.mkdtemp(prefix="ehrnet_bench_")
-  coco_tfds.build(args.coco_dir, data_dir)
-  print(json.dumps({"cpus": os.cpu_count(), "jax_device": str(jax.devices()[0]),
-                    "load_average": os.getloadavg()}), flush=True)
-  for size in args.sizes:
-    print(json.dumps({"size": size, "stage_ms_per_image": stage_times(data_dir, size)}),
-          flush=True)
-    for threads in args.threads:
-      for mode in args.modes:
-        rate, per_cpu_s = throughput(data_dir, size, threads, args.batch, args.batches, mode)
-        print(json.dumps({"size": size, "threads": threads, "targets": mode,
-                          "images_per_s": round(rate, 1),
-                          "images_per_cpu_s": round(per_cpu_s, 1),
-                          "load_average": os.getloadavg()[0]}), flush=True)
+  if args.build:
+    build(args)
+  elif args.measure:
+    print(json.dumps(measure(args)), flush=True)
+  elif args.old_tree:
+    drive(args)
+  else:
+    parser.error("--old-tree is required (see the usage above)")
   return 0
 
 

@@ -58,7 +58,12 @@ class DataConfig:
   manual_dir: str = ""
   split: str = "train"  # TFDS split: train (train2017), validation (val2017).
   per_device_batch: int = 8
+  # Classification (tf.data) only: the epoch shuffle's buffer. COCO shuffles whole epochs.
   shuffle_buffer: int = 2048
+  # COCO: worker processes decoding and augmenting the images (Grain); 0 = threads of the
+  # training process, the fastest on a small machine (2 cores: docs/benchmarks/input_pipeline.md).
+  # Feeding accelerators, give it most of the host's cores. Any value gives the same batches.
+  workers: int = 0
   # The random affine and flip (the reference's values; ehrnet_jax.data.augment.AugmentConfig).
   max_rotation: float = 30.0  # Degrees.
   min_scale: float = 0.75  # Crop side = short image side * U[min_scale, max_scale).

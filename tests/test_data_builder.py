@@ -1,4 +1,6 @@
-"""The TFDS builder against pycocotools' view of the same json, and its handling of bad input."""
+"""The TFDS builder against pycocotools' view of the same json, its handling of bad input, and the
+refusal of builds of older versions or formats. Records are read as training reads them: through
+the data source (array_record, no TensorFlow)."""
 
 import io
 import json
@@ -25,9 +27,15 @@ def built(tmp_path_factory, coco_mini_dir):
 
 
 def _records(data_dir, split, config="coco"):
-  builder = pipeline.load_builder(data_dir, config)
-  dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  return {int(r["image_id"]): r for r in tfds.as_numpy(dataset)}
+  """{image id: record}, the people's fields as arrays (the data source gives lists)."""
+  builder = coco_tfds.load_builder(data_dir, config)
+  num_joints = builder.builder_config.keypoint_set.num_joints
+  records = {}
+  for record in pipeline.open_split(builder, split):
+    people = {k: np.asarray(v) for k, v in record["people"].items()}
+    people["keypoints"] = people["keypoints"].reshape(-1, num_joints, 3)
+    records[int(record["image_id"])] = {**record, "people": people}
+  return records
 
 
 def test_builder_agrees_with_pycocotools(built, coco_mini_dir):
@@ -213,3 +221,21 @@ def test_broken_segmentation_is_named():
   with pytest.raises(UserError, match="segmentation of annotation 5") as error:
     annotations.ignore_mask(record, (), "x.json (image id 7)")
   assert "image id 7" in str(error.value)
+
+
+def test_builds_of_an_older_version_or_format_are_refused_with_the_rebuild_command(tmp_path):
+  root, _ = _odd_images_folder(tmp_path / "coco")
+  data_dir = tmp_path / "tfds"
+  builder = coco_tfds.CocoKeypoints(config="coco", data_dir=str(data_dir))
+  builder.download_and_prepare(  # The format of versions before 2.0.0.
+      file_format="tfrecord", download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  with pytest.raises(UserError, match="stored as tfrecord.*delete that folder, then rebuild it "
+                                      r"with `ehrnet data --coco-dir ROOT --data-dir"):
+    coco_tfds.load_builder(data_dir)
+  version_dir = pathlib.Path(builder.data_path)
+  version_dir.rename(version_dir.with_name("1.1.0"))  # That build, as version 1.1.0 left it.
+  with pytest.raises(UserError, match=r"built as version 1\.1\.0.*rebuild it with `ehrnet data "
+                                      r"--coco-dir ROOT --data-dir .*`ehrnet train` rebuild"):
+    coco_tfds.load_builder(data_dir)
+  coco_tfds.build(root, data_dir)  # `ehrnet data`: builds 2.0.0 beside it; then it reads.
+  assert sorted(_records(data_dir, "train")) == [1, 2, 3, 4, 5]

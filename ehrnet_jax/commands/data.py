@@ -39,35 +39,40 @@ _SPLIT_ALIASES = {"train2017": "train", "val2017": "validation"}
 
 
 def run(args: argparse.Namespace) -> int:
-  from ehrnet_jax.data import coco_tfds, stats  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from ehrnet_jax.data import coco_tfds, pipeline, stats
+  # pylint: enable=g-import-not-at-top
 
   split = _SPLIT_ALIASES.get(args.split, args.split)
-  builder = coco_tfds.build(args.coco_dir, args.data_dir, config=args.config)
+  coco_tfds.build(args.coco_dir, args.data_dir, config=args.config)
+  builder = coco_tfds.load_builder(args.data_dir, args.config)  # Refuses an older build.
   if split not in builder.info.splits:
     raise UserError(f"split '{args.split}' was not built from {args.coco_dir}; "
                     f"built: {', '.join(builder.info.splits)}")
+  records = pipeline.open_split(builder, split, "--split")
   print(json.dumps({"dataset": builder.data_dir, "split": split,
-                    **stats.split_statistics(builder, split)}, indent=2))
+                    **stats.split_statistics(records)}, indent=2))
   if args.contact_sheet:
-    write_contact_sheet(args, builder, split)
+    write_contact_sheet(args, builder, records)
     print(f"wrote {args.contact_sheet}")
   return 0
 
 
-def write_contact_sheet(args: argparse.Namespace, builder, split: str) -> None:
+def write_contact_sheet(args: argparse.Namespace, builder, records) -> None:
   """Draws `args.samples` augmented samples: people, ignored regions, heatmaps side by side."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ehrnet_jax.data import pipeline, targets  # pylint: disable=g-import-not-at-top
-  from ehrnet_jax.inference import drawing  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import cv2
+  import jax
+  import numpy as np
+  from ehrnet_jax.data import pipeline, targets
+  from ehrnet_jax.inference import drawing
+  # pylint: enable=g-import-not-at-top
 
-  iterator = pipeline.train_iterator(
-      args.data_dir, input_size=args.input_size, per_device_batch=args.samples, num_devices=1,
-      seed=args.seed, split=split, config=args.config, process_index=0, process_count=1)
-  host = jax.tree.map(lambda x: x[0], next(iterator))
-  device = jax.device_get(jax.jit(targets.prepare_batch)(host))
   keypoint_set = builder.builder_config.keypoint_set
+  stream = pipeline.Stream(seed=args.seed, global_batch=args.samples, num_records=len(records))
+  augmentation = pipeline.Augmentation(args.input_size, keypoint_set.flip_index)
+  host = pipeline.train_dataset(records, stream, augmentation)[0]
+  device = jax.device_get(jax.jit(targets.prepare_batch)(host))
   tiles = []
   for i in range(args.samples):
     image = host["image"][i]

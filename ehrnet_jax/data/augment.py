@@ -1,7 +1,7 @@
 """The reference's training augmentation and evaluation resize, one example at a time.
 
 NumPy + OpenCV, so that the warps are the reference's own (`cv2.warpAffine`, bilinear, black
-border) pixel for pixel; the tf.data pipeline maps these functions in parallel. Keypoints are
+border) pixel for pixel; the Grain pipeline (`pipeline.py`) runs them in its workers. Keypoints are
 transformed in float64 and flipped before being truncated to the integer positions that the
 heatmap and tag targets use, exactly as the reference orders these steps.
 """

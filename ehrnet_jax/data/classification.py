@@ -4,11 +4,17 @@ Datasets: `imagenet2012` (TFDS manual download: ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar in a folder, built once into TFDS's data dir) and `cifar100` (downloaded
 by TFDS). `load_builder` builds either on first use.
 
-Training, per host, the scheme of `pipeline.py`: records of this host's shard -> per epoch e a
-shuffle seeded by (seed, e) -> element index -> skip to the start step -> decode + augment in
-parallel -> batch [devices * per_device] -> reshape [devices, per_device, ...] -> prefetch.
-Every random draw comes from stateless TF ops keyed by (seed, process index, element index), so
-a batch depends only on the seed and its step: identical across runs and after a resume.
+Why tf.data here, when the COCO pipeline is Grain (`pipeline.py`): these are TFDS's own builds,
+stored as TFRecord (sequential files that only tf.data reads), and their augmentation is
+TensorFlow ops that run in tf.data's C++ threads without the GIL; nothing of it is Python, so
+Grain's worker processes would buy nothing, and a rebuild as array_record would rewrite
+ImageNet's 150 GB.
+
+Training, per host: records of this host's shard -> per epoch e a buffered shuffle seeded by
+(seed, e) -> element index -> skip to the start step -> decode + augment in parallel -> batch
+of this host's examples (flat: leading dim = the local batch) -> prefetch. Every random draw
+comes from stateless TF ops keyed by (seed, process index, element index), so a batch depends
+only on the seed and its step: identical across runs and after a resume.
 
 Augmentation, torchvision's ImageNet recipe in TF ops:
 - RandomResizedCrop: a crop of 8-100% of the image's area with aspect (w/h) 3/4-4/3, resized
@@ -31,13 +37,12 @@ Both yield uint8 RGB images and int32 labels; ImageNet normalisation happens on 
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ehrnet_jax.data import pipeline
 from ehrnet_jax.errors import UserError
 
 _SKIP = tfds.decode.SkipDecoding()
@@ -76,6 +81,49 @@ def split_size(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int
   except (KeyError, ValueError):
     raise UserError(f"{field}={split!r}: not a split of {builder.name} (splits: "
                     f"{', '.join(builder.info.splits) or 'none built'})") from None
+
+
+def process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  """(process index, process count): the given ones, or JAX's when either is None."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  # Only when the caller did not say.
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def split_of_host(builder, split: str, process_index: int, process_count: int) -> str:
+  """This host's part of `split` (the remainder dropped)."""
+  if split not in builder.info.splits:
+    raise UserError(f"split '{split}' not built; available: {', '.join(builder.info.splits)}")
+  return tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
+
+
+def endless_batches(records: tf.data.Dataset, example: Callable, *, epoch_size: int,
+                    batch_size: int, seed: int, start_step: int,
+                    shuffle_buffer: int) -> tf.data.Dataset:
+  """Batches `(batch_size, ...)` of `example(index, record)`, endless.
+
+  Epoch e visits `records` in an order keyed by (seed, e); `index` counts the examples from the
+  start of training, so the stream from `start_step` on is the same whether or not the run was
+  interrupted (the element's randomness is keyed by `index`).
+  """
+  start_element = start_step * batch_size
+  start_epoch = start_element // epoch_size
+
+  def epoch(e):
+    return records.shuffle(min(shuffle_buffer, epoch_size), seed=seed * 1_000_003 + e,
+                           reshuffle_each_iteration=False)
+
+  ds = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+        .flat_map(epoch)
+        .enumerate(start=start_epoch * epoch_size)
+        .skip(start_element - start_epoch * epoch_size)
+        .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE))
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
 
 
 def element_key(seed: int, process_index: int, index: tf.Tensor) -> tf.Tensor:
@@ -134,19 +182,18 @@ def _decode(encoded: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)  # JPEG or PNG
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, per_device_batch: int,
-                  num_devices: int, seed: int, start_step: int = 0, split: str = "train",
+def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, batch_size: int,
+                  seed: int, start_step: int = 0, split: str = "train",
                   process_index: int | None = None, process_count: int | None = None,
                   shuffle_buffer: int = 2048, augment: CropAugment = CropAugment()
                   ) -> tf.data.Dataset:
   """Endless augmented training batches of this host, from step `start_step` on.
 
-  Each element (D devices, B per-device batch, S input size): image uint8 (D, B, S, S, 3) RGB,
-  label int32 (D, B).
+  Each element (B this host's batch, S input size): image uint8 (B, S, S, 3) RGB, label int32
+  (B,).
   """
-  process_index, process_count = pipeline.process_shard(process_index, process_count)
-  host_split = pipeline.split_of_host(builder, split, process_index, process_count,
-                                      drop_remainder=True)
+  process_index, process_count = process_shard(process_index, process_count)
+  host_split = split_of_host(builder, split, process_index, process_count)
   records = builder.as_dataset(split=host_split, shuffle_files=False, decoders={"image": _SKIP})
   epoch_size = builder.info.splits[host_split].num_examples
   if epoch_size == 0:
@@ -156,15 +203,14 @@ def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, per_dev
                           input_size, augment)
     return {"image": image, "label": tf.cast(record["label"], tf.int32)}
 
-  return pipeline.endless_batches(records, example, epoch_size=epoch_size,
-                                  num_devices=num_devices, per_device_batch=per_device_batch,
-                                  seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
+  return endless_batches(records, example, epoch_size=epoch_size, batch_size=batch_size,
+                         seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
 
 
 def train_iterator(builder: tfds.core.DatasetBuilder,
                    **kwargs) -> Iterator[dict[str, np.ndarray]]:
-  """`train_dataset(builder, **kwargs)` as NumPy batches ready for `jax.pmap`."""
-  return pipeline.NumpyIterator(train_dataset(builder, **kwargs))
+  """`train_dataset(builder, **kwargs)` as NumPy batches."""
+  return iter(tfds.as_numpy(train_dataset(builder, **kwargs)))
 
 
 def eval_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, batch_size: int,

@@ -4,7 +4,13 @@ Build through the Python API (the `tfds build` command needs apache_beam):
 
   builder = CocoKeypoints(config="coco", data_dir=data_dir)
   builder.download_and_prepare(
+      file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=coco_root))
+
+Building needs TensorFlow; reading does not: the records are stored as `array_record`, which
+`tfds.data_source` reads by index in TFDS's TF-less mode (`load_builder`, then
+`pipeline.open_split`). Builds of versions before 2.0.0 (TFRecord) are refused with the command
+that rebuilds them.
 
 TFDS writes into `<version>.incomplete.*` and renames it at the end, removing it on error, so a
 failed build never leaves a half-written dataset behind.
@@ -26,7 +32,7 @@ from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations
 from ehrnet_jax.errors import UserError
 
-# The reference reader: 3-channel BGR, EXIF orientation ignored (grayscale, CMYK, RGBA -> BGR).
+FILE_FORMAT = "array_record"  # Random access without TensorFlow (`tfds.data_source`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +84,13 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
   """Person keypoints, boxes, crowd flags, the ignore mask and the evaluation ground truth of a
   COCO-style folder."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
       "1.0.0": "First version.",
       "1.1.0": "`annotations_json`: every annotation of the image (crowds included) as in the "
                "json, the ground truth of `ehrnet evaluate --data-dir`.",
+      "2.0.0": "Stored as array_record (random access through `tfds.data_source`, no "
+               "TensorFlow to read it); the features are those of 1.1.0.",
   }
   BUILDER_CONFIGS = [COCO_CONFIG, CROWDPOSE_CONFIG]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -198,18 +206,43 @@ def build(coco_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
                     f"{builder.builder_config.download} there")
   present_splits(builder.builder_config, coco_dir)  # Before TFDS: a clear error, no traceback.
   builder.download_and_prepare(
+      file_format=FILE_FORMAT,
       download_config=tfds.download.DownloadConfig(manual_dir=str(coco_dir)))
   return builder
 
 
+def _rebuild_hint(builder: CocoKeypoints, old: str) -> str:
+  return (f"rebuild it with `ehrnet data --coco-dir ROOT --data-dir {builder.data_dir_root}` "
+          f"(ROOT: the COCO folder it was built from), then delete the old {old}; or delete "
+          f"{builder.data_dir_root} and let `ehrnet train` rebuild it")
+
+
 def check_version(builder: CocoKeypoints) -> None:
   """A UserError to rebuild when the data dir holds `builder`'s config only at other versions
-  (built by another ehrnet_jax, with other features)."""
+  (built by another ehrnet_jax: other features, or TFRecord files before 2.0.0), or holds this
+  version in another file format than array_record."""
   config_dir = pathlib.Path(builder.data_path).parent
   others = sorted(path.parent for path in config_dir.glob("*/dataset_info.json")
                   if tfds.core.Version.is_valid(path.parent.name))
   if others and not builder.is_prepared():
     raise UserError(
         f"{config_dir}: built as version {', '.join(p.name for p in others)}, this ehrnet_jax "
-        f"reads version {builder.version}; rebuild it with `ehrnet data --coco-dir ROOT "
-        f"--data-dir {builder.data_dir_root}`, then delete the old {', '.join(map(str, others))}")
+        f"reads version {builder.version} ({FILE_FORMAT}); "
+        f"{_rebuild_hint(builder, ', '.join(map(str, others)))}")
+  if builder.is_prepared() and builder.info.file_format.value != FILE_FORMAT:
+    raise UserError(
+        f"{builder.data_path}: stored as {builder.info.file_format.value}, this ehrnet_jax reads "
+        f"{FILE_FORMAT} (random access without TensorFlow); delete that folder, then rebuild "
+        f"it with `ehrnet data --coco-dir ROOT --data-dir {builder.data_dir_root}` (ROOT: the "
+        f"COCO folder it was built from) or let `ehrnet train` rebuild it")
+
+
+def load_builder(data_dir: str | pathlib.Path, config: str = "coco") -> CocoKeypoints:
+  """The prepared builder in `data_dir`, readable without TensorFlow; a UserError says how to
+  build it when absent and how to rebuild it when it is of an older version or format."""
+  builder = CocoKeypoints(config=config, data_dir=str(data_dir))
+  check_version(builder)
+  if not builder.is_prepared():
+    raise UserError(f"{data_dir}: no '{config}' dataset built there; run "
+                    f"`ehrnet data --coco-dir ROOT --data-dir {data_dir}` first")
+  return builder

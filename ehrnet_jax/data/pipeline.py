@@ -1,241 +1,228 @@
-"""tf.data input pipelines over the built dataset: training (augmented, per host) and evaluation.
+"""The COCO training input: a Grain pipeline over the array_record build, without TensorFlow.
 
-Training, per host:
-  records of this host's shard -> per epoch e a shuffle seeded by (seed, e) -> element index ->
-  skip to the start step -> decode + augment in parallel (OpenCV in `tf.numpy_function`, which
-  releases the GIL) -> batch [devices * per_device] -> reshape [devices, per_device, ...] ->
-  prefetch.
-Every random draw is keyed by (seed, process index, element index), so a batch depends only on
-the seed and its step: the stream is identical across runs, parallelism and resumption. Resuming
-skips records of the current epoch only (read, not decoded). The epoch shuffle is a buffered
-shuffle (`shuffle_buffer`) of the stored order, which TFDS already shuffled at build time.
+Records come from `tfds.data_source` (random access; TFDS's TF-less mode, image bytes left
+undecoded); decoding and augmentation are the reference's, in OpenCV (`augment.py`), run as
+Grain map transforms in `workers` worker processes (0: threads of the training process).
 
-The batch holds uint8 images and masks and integer target positions; `targets.prepare_batch`
-builds the trainer's float batch on device (see docs/CONTRACTS.md, "Training batch").
+The stream is a pure function of the seed and the step (the determinism contract):
+  global example k of step s, row r:  k = s * G + r            (G the global batch)
+  its record:                         permutation(seed, k // N)[k % N]    (N the split size:
+                                      a full shuffle of every epoch)
+  its augmentation:                   keyed by (seed, k)
+  process p of n reads rows [p * b, (p + 1) * b) of every global batch (b = G / n).
+So the global batch of step s does not depend on the number of processes or workers, a process
+of a 2-process run sees exactly its rows of the 1-process batches, and an iterator started at
+step s yields what an uninterrupted one yields from there (random access: nothing is skipped).
+
+`train_iterator` returns a `TrainBatches`, a Grain `DatasetIterator` whose state, the next step
+(with the seed and global batch it belongs to), is what a training checkpoint saves: it does not
+depend on the number of workers, so a run may resume with another `data.workers`.
+
+A batch holds uint8 images and masks and integer target positions (host-local, flat: leading
+dim b); `targets.prepare_batch` builds the trainer's float batch on device.
 """
 
-import atexit
-from collections.abc import Callable, Iterator
-import pathlib
-import weakref
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+from absl import flags
 import cv2
+import grain
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from ehrnet_jax import images as images_lib
-from ehrnet_jax.data import annotations, coco_tfds
+from ehrnet_jax.data import annotations
 from ehrnet_jax.data import augment as augment_lib
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.inference import transforms
 
-_SKIP = tfds.decode.SkipDecoding()
-_TRAIN_KEYS = ("image", "mask_4", "mask_2", "keypoints_4", "keypoints_2")  # From NumPy.
-
-
-def load_builder(data_dir: str | pathlib.Path, config: str = "coco") -> coco_tfds.CocoKeypoints:
-  """The prepared builder in `data_dir`; a UserError says how to build it when absent."""
-  builder = coco_tfds.CocoKeypoints(config=config, data_dir=str(data_dir))
-  coco_tfds.check_version(builder)
-  if not builder.is_prepared():
-    raise UserError(f"{data_dir}: no '{config}' dataset built there; run "
-                    f"`ehrnet data --coco-dir ROOT --data-dir {data_dir}` first")
-  return builder
+Batch = dict[str, np.ndarray]
+_STEPS = 2**40  # Steps of the (practically endless) stream.
+_PERMUTATION, _AUGMENTATION = 0, 1  # Separate random streams of one seed.
 
 
-def split_of_host(builder, split: str, process_index: int, process_count: int,
-                  drop_remainder: bool) -> str:
-  """This host's part of `split` (training drops the remainder, evaluation keeps every image)."""
-  if split not in builder.info.splits:
-    raise UserError(f"split '{split}' not built; available: {', '.join(builder.info.splits)}")
-  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """Which examples each row of each step reads: the determinism contract's numbers."""
+  seed: int
+  global_batch: int  # G, all processes.
+  num_records: int  # N, the split's size.
+  process_index: int = 0
+  process_count: int = 1
+
+  def __post_init__(self):
+    if self.global_batch % self.process_count:
+      raise UserError(f"global batch {self.global_batch} is not divisible by the "
+                      f"{self.process_count} processes")
+    if self.num_records <= 0:
+      raise UserError("the training split has no examples")
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+  def example(self, local_index: int) -> int:
+    """Global example k of this process's `local_index`-th example (step-major)."""
+    step, row = divmod(local_index, self.local_batch)
+    return step * self.global_batch + self.process_index * self.local_batch + row
+
+  def record(self, example: int) -> int:
+    """Index in the split of global example `example`."""
+    epoch, position = divmod(example, self.num_records)
+    return int(epoch_order(self.seed, epoch, self.num_records)[position])
 
 
-def process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  """(process index, process count): the given ones, or JAX's when either is None."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  # Only when the caller did not say.
-    return jax.process_index(), jax.process_count()
-  return process_index, process_count
+@functools.lru_cache(maxsize=2)  # The epochs of one batch: at most two.
+def epoch_order(seed: int, epoch: int, num_records: int) -> np.ndarray:
+  """(N,) the records of `epoch` in the order training visits them."""
+  return np.random.default_rng([seed, _PERMUTATION, epoch]).permutation(num_records)
 
 
-def _augment_fn(seed: int, process_index: int, input_size: int, flip_index: tuple[int, ...],
-                config: augment_lib.AugmentConfig):
-  """The NumPy function mapped over (index, encoded image, mask RLE, keypoints, counts)."""
-
-  def fn(index, encoded_image, mask_rle, keypoints, num_keypoints):
-    image = images_lib.decode_image(encoded_image)
-    ignore = annotations.decode_mask(mask_rle, image.shape[0], image.shape[1])
-    rng = np.random.default_rng((seed, process_index, int(index)))
-    params = augment_lib.sample_params(rng, image.shape[0], image.shape[1], config)
-    out = augment_lib.augment(image, ignore, keypoints[num_keypoints > 0], params, input_size,
-                              flip_index, annotations.MAX_PEOPLE)
-    return tuple(out[k] for k in _TRAIN_KEYS)
-
-  return fn
+def augmentation_rng(seed: int, example: int) -> np.random.Generator:
+  """The random draws of global example `example`'s augmentation."""
+  return np.random.default_rng([seed, _AUGMENTATION, example])
 
 
-def _train_shapes(input_size: int, num_joints: int) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
-  s, p, j = input_size, annotations.MAX_PEOPLE, num_joints
-  return {
-      "image": ((s, s, 3), tf.uint8),
-      "mask_4": ((s // 4, s // 4), tf.uint8),
-      "mask_2": ((s // 2, s // 2), tf.uint8),
-      "keypoints_4": ((p, j, 3), tf.int32),
-      "keypoints_2": ((p, j, 3), tf.int32),
-      "image_id": ((), tf.int64),
-  }
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """What the host part of target building needs besides the record."""
+  input_size: int
+  flip_index: tuple[int, ...]
+  config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
 
 
-def endless_batches(records: tf.data.Dataset, example: Callable, *, epoch_size: int,
-                    num_devices: int, per_device_batch: int, seed: int, start_step: int,
-                    shuffle_buffer: int) -> tf.data.Dataset:
-  """Batches `(num_devices, per_device_batch, ...)` of `example(index, record)`, endless.
+def augmented_example(record: dict[str, Any], rng: np.random.Generator,
+                      augmentation: Augmentation) -> dict[str, np.ndarray]:
+  """One training example from a data-source record: decode, ignore mask, random affine + flip.
 
-  Epoch e visits `records` in an order keyed by (seed, e); `index` counts the examples from the
-  start of training, so the stream from `start_step` on is the same whether or not the run was
-  interrupted (the element's randomness is keyed by `index`).
+  Returns image uint8 (S, S, 3) RGB; mask_4, mask_2 uint8; keypoints_4, keypoints_2 int32
+  (P, J, 3); image_id int64 ().
   """
-  host_batch = num_devices * per_device_batch
-  start_element = start_step * host_batch
-  start_epoch = start_element // epoch_size
-
-  def epoch(e):
-    return records.shuffle(min(shuffle_buffer, epoch_size), seed=seed * 1_000_003 + e,
-                           reshuffle_each_iteration=False)
-
-  def per_device(batch):
-    return {k: tf.reshape(v, (num_devices, per_device_batch) + tuple(v.shape[1:]))
-            for k, v in batch.items()}
-
-  ds = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
-        .flat_map(epoch)
-        .enumerate(start=start_epoch * epoch_size)
-        .skip(start_element - start_epoch * epoch_size)
-        .map(example, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(host_batch, drop_remainder=True)
-        .map(per_device)
-        .prefetch(tf.data.AUTOTUNE))
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  image = images_lib.decode_image(record["image"])
+  ignore = annotations.decode_mask(record["ignore_mask_rle"], image.shape[0], image.shape[1])
+  num_joints = len(augmentation.flip_index)
+  people = record["people"]
+  keypoints = np.asarray(people["keypoints"], np.float32).reshape(-1, num_joints, 3)
+  with_keypoints = np.asarray(people["num_keypoints"], np.int32).reshape(-1) > 0
+  params = augment_lib.sample_params(rng, image.shape[0], image.shape[1], augmentation.config)
+  out = augment_lib.augment(image, ignore, keypoints[with_keypoints], params,
+                            augmentation.input_size, augmentation.flip_index,
+                            annotations.MAX_PEOPLE)
+  return {**out, "image_id": np.int64(record["image_id"])}
 
 
-def train_dataset(data_dir: str | pathlib.Path, *, input_size: int, per_device_batch: int,
-                  num_devices: int, seed: int, start_step: int = 0, split: str = "train",
-                  config: str = "coco", process_index: int | None = None,
-                  process_count: int | None = None, shuffle_buffer: int = 2048,
-                  augment_config: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
-                  ) -> tf.data.Dataset:
-  """Endless augmented training batches of this host, from step `start_step` on.
+@dataclasses.dataclass(frozen=True)
+class _Example:
+  """The Grain map transform: this process's local example index -> augmented example."""
+  source: Sequence[dict[str, Any]]
+  stream: Stream
+  augmentation: Augmentation
 
-  Each element is a dict (D devices, B per-device batch, S input size, P = 30, J joints):
-    image_id int64 (D, B); image uint8 (D, B, S, S, 3) RGB; mask_4 uint8 (D, B, S/4, S/4) and
-    mask_2 (D, B, S/2, S/2), 1 = valid; keypoints_4 / keypoints_2 int32 (D, B, P, J, 3):
-    truncated (x, y) at 1/4 and 1/2 of the input and a valid flag.
+  def __call__(self, local_index: int) -> dict[str, np.ndarray]:
+    k = self.stream.example(local_index)
+    return augmented_example(self.source[self.stream.record(k)],
+                             augmentation_rng(self.stream.seed, k), self.augmentation)
+
+
+def train_dataset(source: Sequence[dict[str, Any]], stream: Stream,
+                  augmentation: Augmentation) -> grain.MapDataset:
+  """Element s: this process's batch of step s, a dict with leading dim b (S input size,
+  P = 30, J joints): image uint8 (b, S, S, 3) RGB; mask_4 uint8 (b, S/4, S/4) and mask_2
+  (b, S/2, S/2), 1 = valid; keypoints_4 / keypoints_2 int32 (b, P, J, 3): truncated (x, y) at
+  1/4 and 1/2 of the input and a valid flag; image_id int64 (b,)."""
+  if augmentation.input_size % 4:
+    raise UserError(f"input size {augmentation.input_size} is not a multiple of 4")
+  return (grain.MapDataset.range(_STEPS * stream.local_batch)
+          .map(_Example(source, stream, augmentation))
+          .batch(stream.local_batch, drop_remainder=True))
+
+
+def _single_threaded_opencv(*_) -> None:
+  """Grain's workers (and the threads) already run images in parallel: no nested pools."""
+  cv2.setNumThreads(1)
+
+
+def batch_iterator(dataset: grain.MapDataset, start_step: int, workers: int) -> Iterator[Batch]:
+  """The batches of steps start_step, start_step + 1, ... of `train_dataset`'s `dataset`.
+
+  Each batch is computed whole by one reader: with `workers` > 0 in worker processes (one
+  thread each, batches round-robin), else by as many threads of this process as it has CPUs
+  (OpenCV's decode and warps release the GIL).
   """
-  if input_size % 4:
-    raise UserError(f"input size {input_size} is not a multiple of 4")
-  process_index, process_count = process_shard(process_index, process_count)
-  builder = load_builder(data_dir, config)
-  keypoint_set = builder.builder_config.keypoint_set
-  host_split = split_of_host(builder, split, process_index, process_count, drop_remainder=True)
-  records = builder.as_dataset(split=host_split, shuffle_files=False,
-                               decoders={"image": _SKIP})
-  epoch_size = builder.info.splits[host_split].num_examples
-  if epoch_size == 0:
-    raise UserError(f"{data_dir}: split '{host_split}' has no examples")
-  fn = _augment_fn(seed, process_index, input_size, keypoint_set.flip_index, augment_config)
-  shapes = _train_shapes(input_size, keypoint_set.num_joints)
-
-  def example(index, record):
-    people = record["people"]
-    outputs = tf.numpy_function(
-        fn, [index, record["image"], record["ignore_mask_rle"], people["keypoints"],
-             people["num_keypoints"]], [shapes[k][1] for k in _TRAIN_KEYS], stateful=False)
-    for tensor, key in zip(outputs, _TRAIN_KEYS):
-      tensor.set_shape(shapes[key][0])
-    return {"image_id": record["image_id"], **dict(zip(_TRAIN_KEYS, outputs))}
-
-  return endless_batches(records, example, epoch_size=epoch_size, num_devices=num_devices,
-                         per_device_batch=per_device_batch, seed=seed, start_step=start_step,
-                         shuffle_buffer=shuffle_buffer)
+  if workers < 0:
+    raise UserError(f"data.workers={workers}: expected 0 (threads of the training process) or "
+                    f"a number of worker processes")
+  _single_threaded_opencv()
+  if workers and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags (their defaults) to start workers.
+  threads = 1 if workers else max(1, len(os.sched_getaffinity(0)))
+  return (dataset[start_step:]
+          .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+          .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                    per_worker_buffer_size=2),
+                       worker_init_fn=_single_threaded_opencv)
+          .__iter__())
 
 
-class NumpyIterator:
-  """NumPy elements of a tf.data dataset, released at interpreter exit.
+class TrainBatches(grain.DatasetIterator):
+  """Endless batches from a start step; the state is the next step, so restoring a state
+  (`set_state`) and starting at that step give the same stream.
 
-  tf.data threads still running a `numpy_function` while Python shuts down abort the process
-  ("terminate called without an active exception", exit 134); closing first avoids that.
+  `make(step)` returns an iterator over the batches from `step` on; it is called lazily (at the
+  first batch after construction or `set_state`), so a restore right after construction starts
+  the workers once.
   """
-  _live: "weakref.WeakSet[NumpyIterator]" = weakref.WeakSet()
 
-  def __init__(self, dataset: tf.data.Dataset):
-    self._iterator = iter(tfds.as_numpy(dataset))
-    NumpyIterator._live.add(self)
+  def __init__(self, make: Callable[[int], Iterator[Batch]], start_step: int,
+               identity: dict[str, int]):
+    super().__init__()
+    self._make, self._identity = make, dict(identity)
+    self._step, self._batches = start_step, None
 
-  def __iter__(self):
-    return self
+  def __next__(self) -> Batch:
+    if self._batches is None:
+      self._batches = self._make(self._step)
+    batch = next(self._batches)
+    self._step += 1
+    return batch
 
-  def __next__(self):
-    return next(self._iterator)
+  def get_state(self) -> dict[str, int]:
+    """{"step": the step of the next batch, and the seed and global batch of the stream}."""
+    return {"step": self._step, **self._identity}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    saved = {k: state.get(k) for k in self._identity}
+    if saved != self._identity:
+      raise UserError(f"the checkpoint's input stream has {saved}, this run {self._identity}: "
+                      f"resume with the same train.seed and data batch, or use another --workdir")
+    self._close_batches()
+    self._step = int(state["step"])
 
   def close(self) -> None:
-    self._iterator = iter(())
+    self._close_batches()
+    super().close()
 
-  @classmethod
-  def close_all(cls) -> None:
-    for iterator in list(cls._live):
-      iterator.close()
-
-
-atexit.register(NumpyIterator.close_all)
+  def _close_batches(self) -> None:
+    if self._batches is not None and hasattr(self._batches, "close"):
+      self._batches.close()
+    self._batches = None
 
 
-def train_iterator(data_dir: str | pathlib.Path, **kwargs) -> Iterator[dict[str, np.ndarray]]:
-  """`train_dataset(data_dir, **kwargs)` as NumPy batches ready for `jax.pmap`."""
-  cv2.setNumThreads(1)  # tf.data runs the warps in parallel already; no nested thread pools.
-  return NumpyIterator(train_dataset(data_dir, **kwargs))
+def train_iterator(source: Sequence[dict[str, Any]], stream: Stream, augmentation: Augmentation,
+                   *, start_step: int = 0, workers: int = 0) -> TrainBatches:
+  """Endless batches of `train_dataset(source, stream, augmentation)` from `start_step` on."""
+  dataset = train_dataset(source, stream, augmentation)
+  return TrainBatches(lambda step: batch_iterator(dataset, step, workers), start_step,
+                      {"seed": stream.seed, "global_batch": stream.global_batch})
 
 
-def eval_dataset(data_dir: str | pathlib.Path, *, input_size: int, split: str = "validation",
-                 config: str = "coco", process_index: int | None = None,
-                 process_count: int | None = None) -> tf.data.Dataset:
-  """This host's images one by one, in a fixed order, at their original size.
-
-  Each element: image uint8 (H, W, 3) RGB (read as the reference does), image_id int64,
-  height / width int32, and the reference's single-scale test transform: input uint8
-  (h', w', 3), the image warped to the network input size; center float64 (2,) and scale
-  float64 (2,), with which `augment.affine_matrix(center, scale[0], 0, (w', h'))` maps image to
-  input and its inverse maps predictions back.
-  """
-  process_index, process_count = process_shard(process_index, process_count)
-  builder = load_builder(data_dir, config)
-  host_split = split_of_host(builder, split, process_index, process_count, drop_remainder=False)
-  records = builder.as_dataset(split=host_split, shuffle_files=False, decoders={"image": _SKIP})
-
-  def fn(encoded):
-    image = images_lib.decode_image(encoded)
-    size = transforms.multi_scale_size(image.shape[1::-1], input_size, 1.0, 1.0)
-    warped = transforms.warp_image(image, size)
-    return (cv2.cvtColor(image, cv2.COLOR_BGR2RGB), cv2.cvtColor(warped, cv2.COLOR_BGR2RGB),
-            np.asarray(size.center, np.float64), np.asarray(size.scale, np.float64))
-
-  def example(record):
-    image, warped, center, scale = tf.numpy_function(
-        fn, [record["image"]], [tf.uint8, tf.uint8, tf.float64, tf.float64], stateful=False)
-    image.set_shape((None, None, 3))
-    warped.set_shape((None, None, 3))
-    center.set_shape((2,))
-    scale.set_shape((2,))
-    return {"image": image, "input": warped, "center": center, "scale": scale,
-            "image_id": record["image_id"], "height": record["height"],
-            "width": record["width"]}
-
-  return records.map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def eval_iterator(data_dir: str | pathlib.Path, **kwargs) -> Iterator[dict[str, np.ndarray]]:
-  """`eval_dataset(data_dir, **kwargs)` as NumPy elements."""
-  return NumpyIterator(eval_dataset(data_dir, **kwargs))
+def open_split(builder, split: str, field: str = "data.split") -> Sequence[dict[str, Any]]:
+  """The records of `split` of a prepared `coco_tfds` build, image bytes undecoded (random
+  access, no TensorFlow); a UserError naming `field` when the split was not built."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Not in workers.
+  if split not in builder.info.splits:
+    raise UserError(f"{field}={split!r}: not built (built splits: "
+                    f"{', '.join(builder.info.splits)})")
+  return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})

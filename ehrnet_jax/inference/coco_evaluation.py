@@ -1,7 +1,8 @@
 """COCO keypoint evaluation: run a `PoseEstimator` over a split, write results, score them.
 
 Images come from a COCO folder (`ROOT/annotations/person_keypoints_SPLIT.json` and
-`ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.pipeline`).
+`ROOT/SPLIT/*.jpg`) or from the TFDS dataset built by `ehrnet data` (`ehrnet_jax.data.coco_tfds`,
+read by index through `tfds.data_source`, without TensorFlow).
 As in the reference, every image of the split is run, every person found is kept (no OKS-NMS or
 rescoring), and pycocotools' keypoint metrics are reported by name.
 
@@ -81,31 +82,24 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
   """The dataset built by `ehrnet data` (TFDS); the ground truth is rebuilt from its records.
 
   The same images as `coco_folder` on the COCO folder it was built from: in id order, at most
-  `max_images`.
+  `max_images`. Read by index through `tfds.data_source` (no TensorFlow); `images(ids)` decodes
+  only the images asked for.
   """
   # pylint: disable=import-outside-toplevel
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-  from ehrnet_jax.data import pipeline
+  from ehrnet_jax.data import coco_tfds, pipeline
   # pylint: enable=import-outside-toplevel
   split = TFDS_SPLITS.get(split, split)
-  builder = pipeline.load_builder(data_dir)
-  if split not in builder.info.splits:
-    raise UserError(f"{data_dir}: split '{split}' not built; pass --split with one of "
-                    f"{', '.join(builder.info.splits)}")
-  records = builder.as_dataset(split=split, shuffle_files=False,
-                               decoders={"image": tfds.decode.SkipDecoding()})
-  annotations = {int(r["image_id"]): r for r in tfds.as_numpy(
-      records.map(lambda r: {k: v for k, v in r.items() if k != "image"}))}
-  image_ids = sorted(annotations)[:max_images]
-  ground_truth = _ground_truth(annotations[i] for i in image_ids)
+  source = pipeline.open_split(coco_tfds.load_builder(data_dir), split, "--split")
+  # Every record without its image bytes (read again by `images`, only those evaluated).
+  records = [{k: v for k, v in source[i].items() if k != "image"} for i in range(len(source))]
+  index_of = {int(r["image_id"]): i for i, r in enumerate(records)}
+  image_ids = sorted(index_of)[:max_images]
+  ground_truth = _ground_truth(records[index_of[i]] for i in image_ids)
 
   def images(ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-    wanted = tf.constant(list(ids), tf.int64)
-    chosen = records.filter(lambda r: tf.reduce_any(tf.equal(r["image_id"], wanted)))
-    read = {int(record["image_id"]): record["image"] for record in tfds.as_numpy(chosen)}
     for image_id in ids:
-      yield image_id, cv2.cvtColor(images_lib.decode_image(read[image_id]), cv2.COLOR_BGR2RGB)
+      encoded = source[index_of[image_id]]["image"]
+      yield image_id, cv2.cvtColor(images_lib.decode_image(encoded), cv2.COLOR_BGR2RGB)
 
   return Source(ground_truth, image_ids, images)
 

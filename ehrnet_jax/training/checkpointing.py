@@ -1,9 +1,11 @@
 """Training checkpoints with orbax's `CheckpointManager`.
 
-One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two items:
+One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two or three items:
 - `state`: the whole `TrainState` (parameters, BN statistics, optimiser state, step, base key);
 - `meta`: JSON with the data position (optimiser step, epoch, batch within the epoch) and the
-  run's config and model, for humans and for the resume check.
+  run's config and model, for humans and for the resume check;
+- `data`, when the input pipeline is a Grain `DatasetIterator` (COCO): its state, one JSON file
+  per process (Grain's orbax handler), restored into the resumed run's iterator.
 
 Saves are asynchronous (training continues while the files are written) and atomic (orbax
 writes to a temporary directory and renames it), so a run killed at any moment resumes from the
@@ -16,6 +18,7 @@ state), so the optimiser state comes back with its structure.
 import os
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -41,23 +44,40 @@ class Checkpointer:
         preservation_policy=preservation, best_fn=lambda metrics: metrics[metric],
         best_mode="max", keep_checkpoints_without_metrics=True, create=True,
         enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
+    self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta", "data"),
                                           options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, state: TrainState, meta: dict[str, Any],
-           metrics: dict[str, float] | None = None) -> None:
-    """Starts an asynchronous save of `state` (host or device arrays, unreplicated).
+           metrics: dict[str, float] | None = None, data: Any = None) -> None:
+    """Starts an asynchronous save of `state` (host or device arrays, unreplicated), and of the
+    state of `data`, the input iterator, when it is a Grain `DatasetIterator`.
 
-    Waits for the previous save first; returns once the arrays are copied to host memory.
+    Waits for the previous save first; returns once the arrays are copied to host memory (the
+    iterator's state is taken now: that of the batch after `state.step`'s).
     """
     step = int(state.step)
     host_state = jax.device_get(state)
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    items = {"state": ocp.args.StandardSave(host_state), "meta": ocp.args.JsonSave(meta)}
+    if isinstance(data, grain.DatasetIterator):
+      items["data"] = grain.checkpoint.CheckpointSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def restore_data(self, data: Any, step: int) -> bool:
+    """Sets the Grain iterator `data` to its state saved at `step`; False (nothing done) when
+    `data` is no Grain iterator or the checkpoint holds no input state."""
+    if not (isinstance(data, grain.DatasetIterator) and
+            os.path.isdir(os.path.join(self.directory, str(step), "data"))):
+      return False
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data)))
+    except (ValueError, FileNotFoundError) as error:
+      raise UserError(f"{self.directory}/{step}/data: cannot restore the input pipeline's state "
+                      f"(saved by another number of processes?): {error}") from error
+    return True
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """The state and meta of `step` (default: the latest), shaped like `target`.

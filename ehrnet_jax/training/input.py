@@ -1,12 +1,12 @@
 """The trainer's view of the input pipeline: `TrainData`, and its COCO and TFDS-classification
 implementations.
 
-`TrainData.batches(start_step)` yields this process's batches, already shaped for pmap
-`(local_devices, per_device_batch, ...)`, in a compact host format: for pose that of
+`TrainData.batches(start_step)` yields this process's batches, host-local and flat (leading dim
+`local_batch`: the global batch over the processes), in a compact host format: for pose that of
 `ehrnet_jax.data.pipeline` (uint8 images and masks, integer keypoint positions), for
 classification that of `ehrnet_jax.data.classification` (uint8 images, int32 labels). The task's
-`prepare` (`tasks.py`) turns them into the float training batch on device, inside the pmapped
-step.
+`prepare` (`tasks.py`) turns them into the float training batch on device, inside the step.
+The pose iterator is a Grain `DatasetIterator`: the loop checkpoints its state.
 """
 
 import os
@@ -28,39 +28,64 @@ class TrainData(Protocol):
   num_examples: int  # Training examples of one epoch, all processes together.
 
   def batches(self, start_step: int) -> Iterator[Batch]:
-    """Batches of optimiser steps start_step, start_step + 1, ... (endless).
+    """Host-local batches of optimiser steps start_step, start_step + 1, ... (endless).
 
-    A batch must be a pure function of the seed and its step, so that a resumed run sees the
-    same stream as an uninterrupted one.
+    A batch must be a pure function of the seed, its step and the process, so that a resumed
+    run sees the same stream as an uninterrupted one. An iterator with Grain's
+    `get_state`/`set_state` (a `grain.DatasetIterator`) is checkpointed with the state.
     """
 
 
 class CocoTrainData:
-  """Augmented COCO keypoint batches from `ehrnet_jax.data` (TFDS built once, then tf.data)."""
+  """Augmented COCO keypoint batches from `ehrnet_jax.data` (TFDS built once, then Grain).
+
+  Building the dataset (the first run on a COCO folder) needs TensorFlow; reading it does not.
+  `batches` returns a `pipeline.TrainBatches`, a Grain iterator whose state the loop
+  checkpoints.
+  """
 
   def __init__(self, config: DataConfig, input_size: int, seed: int, workdir: str):
-    from ehrnet_jax.data import augment, coco_tfds, pipeline  # TensorFlow: only when used.
+    from ehrnet_jax.data import augment, coco_tfds, pipeline  # Grain, TFDS: only when used.
     coco_dir = (pathlib.Path(config.coco_dir).expanduser() if config.coco_dir
                 else samples.coco_dir())
     self.tfds_dir = config.tfds_dir or os.path.join(workdir, "tfds")
-    builder = _build_once(lambda: coco_tfds.build(coco_dir, self.tfds_dir))
-    if config.split not in builder.info.splits:
-      raise UserError(f"data.split={config.split!r}: not in {coco_dir} (built splits: "
-                      f"{', '.join(builder.info.splits)})")
-    self.num_examples = builder.info.splits[config.split].num_examples
-    self._pipeline, self._augment = pipeline, augment
-    self._config, self._input_size, self._seed = config, input_size, seed
+    builder = _build_once(lambda: _coco_builder(coco_dir, self.tfds_dir))
+    self._source = pipeline.open_split(builder, config.split)
+    self.num_examples = len(self._source)
+    self._pipeline, self._config, self._seed = pipeline, config, seed
+    self._augmentation = pipeline.Augmentation(
+        input_size, builder.builder_config.keypoint_set.flip_index, augment.AugmentConfig(
+            max_rotation=config.max_rotation, min_scale=config.min_scale,
+            max_scale=config.max_scale, max_translate=config.max_translate,
+            flip_probability=config.flip_probability))
 
   def batches(self, start_step: int) -> Iterator[Batch]:
-    return self._pipeline.train_iterator(
-        self.tfds_dir, input_size=self._input_size,
-        per_device_batch=self._config.per_device_batch, num_devices=jax.local_device_count(),
-        seed=self._seed, start_step=start_step, split=self._config.split,
-        shuffle_buffer=self._config.shuffle_buffer,
-        augment_config=self._augment.AugmentConfig(
-            max_rotation=self._config.max_rotation, min_scale=self._config.min_scale,
-            max_scale=self._config.max_scale, max_translate=self._config.max_translate,
-            flip_probability=self._config.flip_probability))
+    stream = self._pipeline.Stream(
+        seed=self._seed, global_batch=global_batch(self._config),
+        num_records=self.num_examples, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    return self._pipeline.train_iterator(self._source, stream, self._augmentation,
+                                         start_step=start_step, workers=self._config.workers)
+
+
+def _coco_builder(coco_dir: pathlib.Path, tfds_dir: str):
+  """The build of `coco_dir` in `tfds_dir`: built (TensorFlow) only when not there yet."""
+  from ehrnet_jax.data import coco_tfds  # pylint: disable=g-import-not-at-top
+  builder = coco_tfds.CocoKeypoints(config="coco", data_dir=tfds_dir)
+  if builder.is_prepared():
+    coco_tfds.check_version(builder)
+    return builder
+  return coco_tfds.build(coco_dir, tfds_dir)
+
+
+def global_batch(config: DataConfig) -> int:
+  """The global batch (all devices of all processes)."""
+  return config.per_device_batch * jax.device_count()
+
+
+def local_batch(config: DataConfig) -> int:
+  """This process's share of the global batch (contracts.md #2)."""
+  return global_batch(config) // jax.process_count()
 
 
 class ClassificationTrainData:
@@ -81,8 +106,7 @@ class ClassificationTrainData:
 
   def batches(self, start_step: int) -> Iterator[Batch]:
     return self._classification.train_iterator(
-        self.builder, input_size=self._input_size,
-        per_device_batch=self._config.per_device_batch, num_devices=jax.local_device_count(),
+        self.builder, input_size=self._input_size, batch_size=local_batch(self._config),
         seed=self._seed, start_step=start_step, split=self._config.split,
         shuffle_buffer=self._config.shuffle_buffer, augment=self._augment)
 

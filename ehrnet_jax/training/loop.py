@@ -234,14 +234,17 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
     meta = {"step": done, "epoch": epoch, "batch_in_epoch": index, "model": task.name,
             "global_batch": global_batch, "config": config.to_dict()}
     checkpointer.save(host_state, meta,
-                      metrics={task.metric: result[task.metric]} if result else None)
+                      metrics={task.metric: result[task.metric]} if result else None,
+                      data=batches)
 
   step_key = lambda step, rng=state.rng: jax.random.fold_in(jax.random.wrap_key_data(rng), step)
   rstate = step_lib.replicate(state)
   del state
   batches = data.batches(start)
+  if start:
+    checkpointer.restore_data(batches, start)
   for step in range(start, num_steps):
-    host_batch = next(batches)
+    host_batch = _per_device(next(batches))
     if step == start:  # Every batch has the same shapes: compile once, ahead of the first step.
       p_step = step_lib.compile_step(p_step, rstate, host_batch, step_key(step))
     rstate, metrics = p_step(rstate, host_batch, step_key(step))
@@ -263,12 +266,19 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
   guard.check(keep=0)
   progress.close()
   checkpointer.close()
+  getattr(batches, "close", lambda: None)()  # Grain's worker processes.
   final = jax.device_get(flax.jax_utils.unreplicate(rstate))
   if is_main:
     task.save(os.path.join(workdir, "variables"), final.variables,
               source=f"ehrnet train, step {int(final.step)}")
   writer.close()
   return final
+
+
+def _per_device(batch: Batch) -> Batch:
+  """A host-local flat batch (b, ...) as pmap takes it: (local devices, b / devices, ...)."""
+  devices = jax.local_device_count()
+  return {k: v.reshape((devices, v.shape[0] // devices) + v.shape[1:]) for k, v in batch.items()}
 
 
 def _eval_due(config: Config, done: int, num_steps: int) -> bool:

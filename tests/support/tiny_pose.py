@@ -65,7 +65,8 @@ def host_batch(rng: np.random.Generator, batch: int, size: int) -> dict[str, np.
 
 
 class SyntheticData:
-  """`TrainData` of random host batches shaped (devices, per_device, ...), keyed by step."""
+  """`TrainData` of random host batches keyed by step: `batches` yields them flat (b, ...) as the
+  contract says, `batch(step)` shaped (devices, per_device, ...)."""
 
   def __init__(self, num_examples: int, per_device_batch: int, size: int, devices: int = 1):
     self.num_examples = num_examples
@@ -78,7 +79,7 @@ class SyntheticData:
   def batches(self, start_step: int):
     step = start_step
     while True:
-      yield self.batch(step)
+      yield {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.batch(step).items()}
       step += 1
 
 

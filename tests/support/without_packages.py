@@ -3,9 +3,10 @@ run without them (the GPU machines' stack has no TensorFlow, TFDS, pycocotools o
 
   python tests/support/without_packages.py tensorflow,pycocotools SCRIPT [ARGS...]
 
-A blocked package is marked absent in `sys.modules` (None): importing it or its submodules
-raises ModuleNotFoundError and `importlib.util.find_spec` answers None, as where it is not
-installed. The process fails if a module of a blocked package was loaded anyway.
+A blocked package is hidden from every import finder: importing it or its submodules raises
+ModuleNotFoundError, `importlib.util.find_spec` answers None and `sys.modules` never names it, as
+where it is not installed (libraries such as TFDS take a name in `sys.modules` as "imported").
+The process fails if a module of a blocked package was loaded anyway.
 """
 
 import pathlib
@@ -15,10 +16,24 @@ import sys
 GPU_MACHINE_ABSENT = ("tensorflow", "tensorflow_datasets", "pycocotools", "jax2onnx")
 
 
+class _Hiding:
+  """A meta path finder that finds what `finder` finds, except the modules of `packages`."""
+
+  def __init__(self, finder, packages):
+    self._finder, self._packages = finder, frozenset(packages)
+
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in self._packages:
+      return None
+    return self._finder.find_spec(name, path, target)
+
+  def invalidate_caches(self):
+    getattr(self._finder, "invalidate_caches", lambda: None)()
+
+
 def block(packages) -> None:
   """From now on, these top-level packages cannot be imported in this process."""
-  for package in packages:
-    sys.modules[package] = None
+  sys.meta_path[:] = [_Hiding(finder, packages) for finder in sys.meta_path]
 
 
 def loaded(packages) -> list[str]:
