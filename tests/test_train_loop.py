@@ -18,7 +18,7 @@ SIZE = 32
 
 def _config(steps: int, **train) -> Config:
   return Config(model=ModelConfig(variant="H-4", input_size=SIZE),
-                data=DataConfig(per_device_batch=2),
+                data=DataConfig(batch=2),
                 train=TrainConfig(steps=steps, **train),
                 run=RunConfig(log_every_steps=2, checkpoint_every_steps=1, keep_checkpoints=1,
                               eval_every_steps=1))
@@ -46,7 +46,7 @@ def _tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
 
 @pytest.mark.slow
 def test_logs_checkpoints_best_and_resume(tmp_path):
-  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)  # 4 steps per epoch
+  data = SyntheticData(num_examples=8, batch=2, size=SIZE)  # 4 steps per epoch
   aps = [0.1, 0.5, 0.2, 0.3, 0.05, 0.0, 0.4, 0.45]
   evaluate = _ScriptedAP(aps)
   state = loop.train(_config(6, lr_milestones=(1.0,)), str(tmp_path), data=data,
@@ -90,7 +90,7 @@ def test_logs_checkpoints_best_and_resume(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_step_and_batch(tmp_path):
-  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)
+  data = SyntheticData(num_examples=8, batch=2, size=SIZE)
   with pytest.raises(loop.NonFiniteLossError) as error:
     loop.train(_config(6, learning_rate=1e30), str(tmp_path), data=data, model=TinyPoseNet())
   message = str(error.value)

@@ -6,7 +6,7 @@ by TFDS). `load_builder` builds either on first use.
 
 Training, per host, the scheme of `pipeline.py`: records of this host's shard -> per epoch e a
 shuffle seeded by (seed, e) -> element index -> skip to the start step -> decode + augment in
-parallel -> batch [devices * per_device] -> reshape [devices, per_device, ...] -> prefetch.
+parallel -> flat batches of this host's share of the global batch -> prefetch.
 Every random draw comes from stateless TF ops keyed by (seed, process index, element index), so
 a batch depends only on the seed and its step: identical across runs and after a resume.
 
@@ -134,15 +134,15 @@ def _decode(encoded: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)  # JPEG or PNG
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, per_device_batch: int,
-                  num_devices: int, seed: int, start_step: int = 0, split: str = "train",
+def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, batch: int,
+                  seed: int, start_step: int = 0, split: str = "train",
                   process_index: int | None = None, process_count: int | None = None,
                   shuffle_buffer: int = 2048, augment: CropAugment = CropAugment()
                   ) -> tf.data.Dataset:
   """Endless augmented training batches of this host, from step `start_step` on.
 
-  Each element (D devices, B per-device batch, S input size): image uint8 (D, B, S, S, 3) RGB,
-  label int32 (D, B).
+  Each element (B = `batch`, this host's share of the global batch; S input size): image uint8
+  (B, S, S, 3) RGB, label int32 (B,).
   """
   process_index, process_count = pipeline.process_shard(process_index, process_count)
   host_split = pipeline.split_of_host(builder, split, process_index, process_count,
@@ -156,14 +156,15 @@ def train_dataset(builder: tfds.core.DatasetBuilder, *, input_size: int, per_dev
                           input_size, augment)
     return {"image": image, "label": tf.cast(record["label"], tf.int32)}
 
-  return pipeline.endless_batches(records, example, epoch_size=epoch_size,
-                                  num_devices=num_devices, per_device_batch=per_device_batch,
-                                  seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
+  batches = pipeline.endless_batches(records, example, epoch_size=epoch_size, num_devices=1,
+                                     per_device_batch=batch, seed=seed, start_step=start_step,
+                                     shuffle_buffer=shuffle_buffer)
+  return batches.map(lambda element: {k: v[0] for k, v in element.items()})  # (1, B) -> (B)
 
 
 def train_iterator(builder: tfds.core.DatasetBuilder,
                    **kwargs) -> Iterator[dict[str, np.ndarray]]:
-  """`train_dataset(builder, **kwargs)` as NumPy batches ready for `jax.pmap`."""
+  """`train_dataset(builder, **kwargs)` as NumPy batches (the loop makes them global arrays)."""
   return pipeline.NumpyIterator(train_dataset(builder, **kwargs))
 
 

@@ -82,7 +82,7 @@ class ClassificationTrainData:
   def batches(self, start_step: int) -> Iterator[Batch]:
     return self._classification.train_iterator(
         self.builder, input_size=self._input_size,
-        per_device_batch=self._config.per_device_batch, num_devices=jax.local_device_count(),
+        batch=self._config.batch // jax.process_count(),
         seed=self._seed, start_step=start_step, split=self._config.split,
         shuffle_buffer=self._config.shuffle_buffer, augment=self._augment)
 
