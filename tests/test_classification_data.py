@@ -20,19 +20,19 @@ def mocked(tmp_path_factory):
 
 
 def _batches(builder, start_step, count, seed=0):
-  it = classification.train_iterator(builder, input_size=SIZE, per_device_batch=2,
-                                     num_devices=1, seed=seed, start_step=start_step)
+  it = classification.train_iterator(builder, input_size=SIZE, batch=2, seed=seed,
+                                     start_step=start_step)
   return [next(it) for _ in range(count)]
 
 
 @pytest.mark.parametrize("name, num_classes", [("imagenet2012", 1000), ("cifar100", 100)])
-def test_train_batches_are_shaped_for_pmap_and_keyed_by_step(mocked, name, num_classes):
+def test_train_batches_are_flat_and_keyed_by_step(mocked, name, num_classes):
   builder = classification.load_builder(name, manual_dir="/nonexistent")  # Mocked: not read.
   assert classification.split_size(builder, "train", "data.split") == 6
   stream = _batches(builder, start_step=0, count=4)  # 3 steps per epoch: crosses an epoch.
   for batch in stream:
-    assert batch["image"].shape == (1, 2, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
-    assert batch["label"].shape == (1, 2) and batch["label"].dtype == np.int32
+    assert batch["image"].shape == (2, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
+    assert batch["label"].shape == (2,) and batch["label"].dtype == np.int32
     assert ((0 <= batch["label"]) & (batch["label"] < num_classes)).all()
   # A resumed stream sees the same batches as an uninterrupted one (augmentation included).
   for expected, resumed in zip(stream[2:], _batches(builder, start_step=2, count=2)):

@@ -39,7 +39,7 @@ def check_batch(batch: int, devices: int) -> None:
   if batch >= devices and batch % devices == 0:
     return
   lower = batch // devices * devices
-  nearest = [n for n in (lower, lower + devices) if n > 0]
+  nearest = [n for n in (lower, lower + devices) if n > 0] or [devices]
   raise UserError(f"data.batch={batch}: the global batch must be a positive multiple of the "
                   f"device count, {devices} ({jax.process_count()} process(es)); nearest valid: "
                   f"{' or '.join(map(str, nearest))}")

@@ -29,8 +29,8 @@ def _drop_connect(x, rate, rng):
 
 class TinyBackbone(nn.Module):
   """Conv-BN (no conv bias before BN, as in the real model) with a drop-connect residual."""
-  form: ExecutionForm
-  drop_rate: float
+  form: ExecutionForm = ExecutionForm()
+  drop_rate: float = 0.5
 
   @nn.compact
   def __call__(self, images, train):
