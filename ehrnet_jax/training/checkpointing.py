@@ -8,8 +8,9 @@ One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two it
 Saves are asynchronous and atomic: orbax copies the state's arrays from the devices to host
 memory (each process its own replica's share), returns, and writes the files while training
 continues; it writes to a temporary directory and renames it, so a run killed at any moment
-resumes from the last complete checkpoint. Every process takes part in every save and restore. Kept: the latest `keep` checkpoints plus the best one by the task's
-metric (a save with `metrics={metric: ...}`: "ap" for pose, "top1" for classification).
+resumes from the last complete checkpoint. Every process takes part in every save and restore.
+Kept: the latest `keep` checkpoints plus the best one by the task's metric (a save with
+`metrics={metric: ...}`: "ap" for pose, "top1" for classification).
 Restoring uses the abstract target (shapes, dtypes, shardings and the optax named tuples of a
 freshly built state), so the optimiser state comes back with its structure, straight onto the
 devices the target names.

@@ -77,7 +77,8 @@ class _NonFiniteGuard:
   """Checks each step's loss one step late, so the check never stalls the device queue.
 
   Keeps the host batches of the steps not yet checked; on a non-finite loss saves that batch
-  to `<workdir>/nonfinite_step_<step>.npz` and raises `NonFiniteLossError`.
+  (this process's rows of it) to `<workdir>/nonfinite_step_<step>.npz` (with several processes
+  `nonfinite_step_<step>_process_<index>.npz`) and raises `NonFiniteLossError`.
   """
 
   def __init__(self, workdir: str, steps_per_epoch: int):
@@ -96,7 +97,8 @@ class _NonFiniteGuard:
       value = float(mesh_lib.host_value(loss))
       if np.isfinite(value):
         continue
-      path = os.path.join(self._workdir, f"nonfinite_step_{step}.npz")
+      process = f"_process_{jax.process_index()}" if jax.process_count() > 1 else ""
+      path = os.path.join(self._workdir, f"nonfinite_step_{step}{process}.npz")
       np.savez_compressed(path, **batch)
       epoch, index = divmod(step, self._steps_per_epoch)
       ids = batch.get("image_id")
@@ -154,15 +156,18 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   Args:
     config: the run's config.
     workdir: where checkpoints, logs and the final model go (created if missing).
-    data: the input pipeline; default the task's (`CocoTrainData`, `ClassificationTrainData`).
+    data: the input pipeline (flat host-local batches of `data.batch / processes` examples);
+      default the task's (`CocoTrainData`, `ClassificationTrainData`).
     evaluate: the evaluation hook; its task metric ("ap" for pose, "top1" for classification)
       ranks the checkpoints. Default COCO AP (`CocoEvaluator`) or top-1/top-5
       (`ClassificationEvaluator`) on `config.run.eval_split`, unless `data` is given or
       `config.run.eval_every_steps` is -1.
-    model: the network; default the task's (`EfficientHRNet`, `EfficientNetClassifier`).
+    model: the network; default the task's (`EfficientHRNet`, `EfficientNetClassifier`, in the
+      form of `train.execution_form` and `train.batch_norm`; a given model brings its own).
 
   Raises:
     NonFiniteLossError: when the loss becomes NaN or infinite.
+    UserError: e.g. when `data.batch` does not split evenly over the devices.
   """
   try:
     precision = jax.default_matmul_precision(config.train.matmul_precision)
@@ -238,7 +243,7 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
       result = evaluate(variables, spec)
       writer.write(done, {f"eval/{k}": v for k, v in result.items()})
       progress.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-      if result[task.metric] > best and is_main:
+      if result[task.metric] > best:  # Every process: orbax's saves are collective.
         best = result[task.metric]
         task.save(os.path.join(workdir, "best"), variables, source=f"ehrnet train, step {done}")
     epoch, index = divmod(done, steps_per_epoch)
@@ -272,9 +277,8 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
   progress.close()
   checkpointer.close()
   final = mesh_lib.host_copy(state)
-  if is_main:
-    task.save(os.path.join(workdir, "variables"), final.variables,
-              source=f"ehrnet train, step {int(final.step)}")
+  task.save(os.path.join(workdir, "variables"), final.variables,  # Collective, as above.
+            source=f"ehrnet train, step {int(final.step)}")
   writer.close()
   return final
 
