@@ -70,7 +70,7 @@ from ehrnet_jax.models import (EfficientHRNet, ExecutionForm, fold_batch_norm,  
                                init_variables)
 from ehrnet_jax.scaling import ScalingSpec  # noqa: E402
 from ehrnet_jax.timing import machine_description  # noqa: E402
-from ehrnet_jax.training import optim, step as step_lib  # noqa: E402
+from ehrnet_jax.training import mesh as mesh_lib, optim, step as step_lib  # noqa: E402
 from ehrnet_jax.training.state import create_train_state  # noqa: E402
 from ehrnet_jax.xla_options import inference_compiler_options  # noqa: E402
 import train_step  # noqa: E402  (benchmarks/: the synthetic batch)
@@ -219,30 +219,29 @@ def _initial_variables(variant: str) -> dict:
 
 
 def jax_train(row: Row, size: int, args) -> dict:
-  """The trainer's pmapped step over the local devices, on two synthetic batches in the input
-  pipeline's format placed on the devices once."""
+  """The trainer's SPMD step over all devices, on two synthetic global batches in the input
+  pipeline's format placed on the devices once (`row.batch` images per device)."""
   spec = ScalingSpec.from_name(row.variant)
-  devices = jax.local_device_count()
+  devices = jax.device_count()
   with jax.default_matmul_precision(JAX_PRECISION[row.precision][0]):
     model = _jax_model(row, spec)
     tx = optim.make_optimizer(TrainConfig(freeze_backbone=row.freeze_backbone), 1000)
-    p_step = step_lib.pmap_train_step(step_lib.make_train_step(
-        model, tx, losses.pose_loss, row.freeze_backbone, axis_name=step_lib.AXIS),
+    mesh = mesh_lib.data_mesh()
+    p_step = step_lib.spmd_train_step(step_lib.make_train_step(
+        model, tx, losses.pose_loss, row.freeze_backbone, axis_name=mesh_lib.AXIS), mesh,
         prepare=targets.prepare_batch)
-    state = step_lib.replicate(create_train_state(model, tx, jax.random.key(0),
-                                                  _initial_variables(row.variant)))
-    to_devices = jax.pmap(lambda batch: batch)  # the layout the pmapped step takes
-    batches = [to_devices(train_step.synthetic_batch(np.random.default_rng(i), devices,
-                                                     row.batch, size)) for i in range(2)]
-    keys = [jax.random.key(i) for i in range(args.steps + args.warmup + 1)]
+    state = mesh_lib.put_replicated(create_train_state(model, tx, jax.random.key(0),
+                                                       _initial_variables(row.variant)), mesh)
+    batches = [mesh_lib.global_batch(train_step.synthetic_batch(
+        np.random.default_rng(i), devices * row.batch, size), mesh) for i in range(2)]
     start = time.perf_counter()
-    compiled = p_step.lower(state, batches[0], keys[0]).compile()
+    compiled = p_step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - start
   holder = {"state": state}
 
   def call(i):
-    holder["state"], metrics = compiled(holder["state"], batches[i % 2], keys[i % len(keys)])
-    holder["loss"] = float(metrics["loss"][0])
+    holder["state"], metrics = compiled(holder["state"], batches[i % 2])
+    holder["loss"] = float(mesh_lib.host_value(metrics["loss"]))
 
   timing = _timed_calls(call, args.steps, args.warmup, args.row_seconds)
   images = row.batch * devices

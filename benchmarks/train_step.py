@@ -1,7 +1,7 @@
 """Training-step throughput: forward + backward + Adam update, as the trainer runs it.
 
-The step is the trainer's own (pmapped over the local devices, targets built on device from the
-host batch format), on synthetic batches of random images and keypoints; input pipeline time is
+The step is the trainer's own (one SPMD program over all devices, targets built on device from
+the host batch format), on synthetic batches of random images and keypoints; input pipeline time is
 not included, as in the reference's measurement. With --prebuilt-targets the heatmaps and joint
 lists are built once outside the timed step (the reference builds them in its data loader).
 Prints one JSON line: median and mean wall seconds per step after the warm-up steps, the median
@@ -38,20 +38,20 @@ from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.models.execution import NAMES as FORMS
 from ehrnet_jax.scaling import ScalingSpec
 from ehrnet_jax.timing import machine_description
-from ehrnet_jax.training import optim, step as step_lib
+from ehrnet_jax.training import mesh as mesh_lib, optim, step as step_lib
 from ehrnet_jax.training.state import create_train_state
 
 PEOPLE, JOINTS = 30, 17
 
 
-def synthetic_batch(rng: np.random.Generator, devices: int, batch: int, size: int) -> dict:
-  """A host batch (devices, batch, ...) in the input pipeline's format, 5 people per image."""
-  shape = (devices, batch)
+def synthetic_batch(rng: np.random.Generator, batch: int, size: int) -> dict:
+  """A flat host batch (batch, ...) in the input pipeline's format, 5 people per image."""
+  shape = (batch,)
   keypoints = {}
   for name, scale in (("keypoints_4", 4), ("keypoints_2", 2)):
     xy = rng.integers(0, size // scale, (*shape, PEOPLE, JOINTS, 2))
     valid = np.zeros((*shape, PEOPLE, JOINTS, 1), np.int64)
-    valid[:, :, :5] = 1
+    valid[:, :5] = 1
     keypoints[name] = np.concatenate([xy, valid], axis=-1).astype(np.int32)
   return {"image": rng.integers(0, 256, (*shape, size, size, 3), dtype=np.uint8),
           "mask_4": np.ones((*shape, size // 4, size // 4), np.uint8),
@@ -86,25 +86,27 @@ def measure(args) -> int:
           else ExecutionForm.named(args.form))
   model = EfficientHRNet(spec, form)
   tx = optim.make_optimizer(TrainConfig(freeze_backbone=args.freeze_backbone), 1000)
-  p_step = step_lib.pmap_train_step(step_lib.make_train_step(
-      model, tx, losses.pose_loss, args.freeze_backbone, axis_name=step_lib.AXIS),
+  mesh = mesh_lib.data_mesh()
+  p_step = step_lib.spmd_train_step(step_lib.make_train_step(
+      model, tx, losses.pose_loss, args.freeze_backbone, axis_name=mesh_lib.AXIS), mesh,
       prepare=None if args.prebuilt_targets else targets.prepare_batch)
-  state = step_lib.replicate(create_train_state(model, tx, jax.random.key(0)))
-  devices = jax.local_device_count()
-  batches = [synthetic_batch(np.random.default_rng(i), devices, args.batch, size)
+  state = mesh_lib.put_replicated(create_train_state(model, tx, jax.random.key(0)), mesh)
+  devices = jax.device_count()
+  batches = [synthetic_batch(np.random.default_rng(i), devices * args.batch, size)
              for i in range(2)]
   if args.prebuilt_targets:
-    batches = [jax.device_get(jax.pmap(targets.prepare_batch)(b)) for b in batches]
+    batches = [jax.device_get(jax.jit(targets.prepare_batch)(b)) for b in batches]
+  batches = [mesh_lib.global_batch(b, mesh) for b in batches]
 
   start = time.perf_counter()
-  p_step = step_lib.compile_step(p_step, state, batches[0], jax.random.key(0))
-  state, metrics = p_step(state, batches[0], jax.random.key(0))
+  p_step = step_lib.compile_step(p_step, state, batches[0])
+  state, metrics = p_step(state, batches[0])
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   times, cpu_times, loads = [], [], []
   for i in range(args.warmup + args.steps):
     start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = p_step(state, batches[i % 2], jax.random.key(i + 1))
+    state, metrics = p_step(state, batches[i % 2])
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
@@ -124,7 +126,8 @@ def measure(args) -> int:
       "images_per_second": round(images / median, 2),
       "compile_and_first_step_s": round(compile_s, 1), "steps": args.steps,
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-      "loss": float(metrics["loss"][0]), "devices": devices, "machine": machine_description()}))
+      "loss": float(mesh_lib.host_value(metrics["loss"])), "devices": devices,
+      "machine": machine_description()}))
   if args.profile:
     print_profile(p_step, state, batches[0], args.profile)
   return 0
@@ -135,8 +138,8 @@ def print_profile(p_step, state, batch, directory: str, top: int = 25) -> None:
   shapes and source (`op_name`) from the compiled HLO, which is saved as DIR/step_hlo.txt, then
   the threads' occupancy (`print_occupancy`)."""
   with jax.profiler.trace(directory, create_perfetto_trace=True):
-    for i in range(2):
-      state, metrics = p_step(state, batch, jax.random.key(100 + i))
+    for _ in range(2):
+      state, metrics = p_step(state, batch)
       jax.block_until_ready(metrics)
   hlo = p_step.as_text()  # p_step is the compiled step
   with open(f"{directory}/step_hlo.txt", "w") as f:

@@ -9,7 +9,7 @@ module holds only the data, its parsing and the loading. Every field can be over
 true/false/1/0/yes/no; tuples: `200,260` or `(200, 260)`; optional fields: `none`).
 
   config = load_config("experiments/coco_pose.py:H-4",
-                       ["train.epochs=10", "data.per_device_batch=4"])
+                       ["train.epochs=10", "data.batch=32"])
 
 No dependency beyond the standard library; configs are immutable and hashable, so they can be
 passed to jitted functions as static arguments.
@@ -57,7 +57,10 @@ class DataConfig:
   # (TFDS's manual download), read once when the dataset is first built.
   manual_dir: str = ""
   split: str = "train"  # TFDS split: train (train2017), validation (val2017).
-  per_device_batch: int = 8
+  # The GLOBAL batch of one optimiser step: all devices of all processes together. It must be a
+  # multiple of the device count; each device trains on batch / devices examples, each
+  # process's input pipeline reads batch / processes.
+  batch: int = 8
   # Classification (tf.data) only: the epoch shuffle's buffer. COCO shuffles whole epochs.
   shuffle_buffer: int = 2048
   # COCO: worker processes decoding and augmenting the images (Grain); 0 = threads of the
@@ -119,6 +122,15 @@ class TrainConfig:
   # fastest training form on this backend: `ExecutionForm.for_backend`) or a named form such as
   # "plain" (XLA's own primitives and autodiff everywhere) or "accelerator_training".
   execution_form: str = "auto"
+  # Training batch norm's statistics: "per_device" (each device's own shard of the batch: the
+  # reference's PyTorch DDP without SyncBN) or "cross_replica" (the whole global batch, through
+  # a collective over the devices, as SyncBN or Flax's BatchNorm(axis_name=...)). With one
+  # device they are the same.
+  batch_norm: str = "per_device"
+  # Bit-reproducible steps on GPUs: XLA's deterministic ops (--xla_gpu_deterministic_ops, set
+  # by `ehrnet train` before JAX starts); the backward pass of the loss's gathers (scatter-adds)
+  # then runs without atomics, somewhat slower. CPU and TPU steps are deterministic without it.
+  deterministic: bool = False
   seed: int = 0
 
 
@@ -155,6 +167,13 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# Fields that were replaced: their dotted name -> what to use instead.
+REPLACED_FIELDS = {
+    "data.per_device_batch": "it was replaced by data.batch, the GLOBAL batch (all devices of "
+                             "all processes; per device: data.batch / the device count)",
+}
 
 
 def _is_optional(kind) -> tuple[bool, Any]:
@@ -205,9 +224,12 @@ def _type_name(kind) -> str:
 def override(config: Config, assignment: str) -> Config:
   """Returns `config` with one `section.field=value` assignment applied."""
   key, sep, text = assignment.partition("=")
+  key = key.strip()
   if not sep:
     raise UserError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=10")
-  return _replace(config, key.strip().split("."), text, key.strip())
+  if key in REPLACED_FIELDS:
+    raise UserError(f"override {key!r}: {REPLACED_FIELDS[key]}")
+  return _replace(config, key.split("."), text, key)
 
 
 def _replace(node, path: list[str], text: str, key: str):
@@ -261,12 +283,22 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     config = get_config(*args)
   except UserError as error:  # A bad ARG: say which file and argument.
     raise UserError(f"{where}: {error}") from error
+  except TypeError as error:  # A config written for an older version of the fields?
+    _raise_if_replaced(where, error)
+    raise
   if not isinstance(config, Config):
     raise UserError(f"{where}: get_config() returned {type(config).__name__}, "
                     f"expected ehrnet_jax.config.Config")
   for assignment in overrides:
     config = override(config, assignment)
   return config
+
+
+def _raise_if_replaced(where: str, error: TypeError) -> None:
+  """A UserError when `error` is a dataclass refusing a field of `REPLACED_FIELDS`."""
+  for key, advice in REPLACED_FIELDS.items():
+    if f"unexpected keyword argument '{key.rsplit('.', 1)[1]}'" in str(error):
+      raise UserError(f"{where}: {key}: {advice}") from error
 
 
 def _get_config_of(file: pathlib.Path):

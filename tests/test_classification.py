@@ -112,11 +112,11 @@ def test_pose_task_keeps_the_pose_defaults():
   assert (task.name, task.input_size, task.metric) == ("H-4", 384, "ap")
 
 
-def _tiny_config(dataset: str, steps: int, per_device_batch: int = 2, **train) -> Config:
+def _tiny_config(dataset: str, steps: int, batch: int = 2, **train) -> Config:
   recipe = load_config(f"{EXPERIMENTS}/backbone.py:{dataset}")
   return Config(
       model=ModelConfig(variant="B-4", input_size=SIZE),
-      data=dataclasses.replace(recipe.data, per_device_batch=per_device_batch, shuffle_buffer=8),
+      data=dataclasses.replace(recipe.data, batch=batch, shuffle_buffer=8),
       train=dataclasses.replace(recipe.train, steps=steps, **train),
       run=RunConfig(log_every_steps=1, checkpoint_every_steps=steps, keep_checkpoints=1,
                     eval_every_steps=0, eval_split=recipe.run.eval_split))
@@ -155,7 +155,7 @@ class _TwoColours:
     images = rng.integers(0, 120, (8, SIZE, SIZE, 3))
     images[labels == 0, ..., 0] += 120
     images[labels == 1, ..., 2] += 120
-    self.batch = {"image": images.astype(np.uint8)[None], "label": labels.astype(np.int32)[None]}
+    self.batch = {"image": images.astype(np.uint8), "label": labels.astype(np.int32)}
 
   def batches(self, start_step):
     while True:
@@ -164,7 +164,7 @@ class _TwoColours:
 
 @pytest.mark.slow
 def test_loss_falls_on_two_separable_classes(tmp_path):
-  config = _tiny_config("cifar100", steps=10, per_device_batch=8, warmup_epochs=0.0)
+  config = _tiny_config("cifar100", steps=10, batch=8, warmup_epochs=0.0)
   loop.train(config, str(tmp_path), data=_TwoColours(), model=TinyClassifier(2))
   losses_by_step = [json.loads(line)["loss"] for line in
                     (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -185,8 +185,7 @@ def test_backbone_experiment_holds_the_papers_recipe(config_arg, dataset, eval_s
   train = config.train
   assert (config.data.dataset, config.run.eval_split, config.model.variant) == (
       dataset, eval_split, "B-3")
-  assert (config.data.per_device_batch, config.data.eval_crop_fraction) == (64,
-                                                                            eval_crop_fraction)
+  assert (config.data.batch, config.data.eval_crop_fraction) == (512, eval_crop_fraction)
   assert (train.optimizer, train.momentum, train.weight_decay, train.learning_rate,
           train.warmup_epochs, train.warmup_init_lr, train.epochs, train.lr_factor) == (
               "sgd", 0.9, 1e-4, 0.05, 5.0, 1e-4, 200.0, 0.1)

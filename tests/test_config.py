@@ -11,8 +11,8 @@ from ehrnet_jax.config import Config, load_config, override, parse_value, split_
 from ehrnet_jax.errors import UserError
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-# The reference's Example Configs (docs: reference-architecture.md section 1.5):
-# variant -> (DATASET.INPUT_SIZE, TRAIN.IMAGES_PER_GPU).
+# The reference's Example Configs (docs: reference-architecture.md section 1.5), all on one GPU:
+# variant -> (DATASET.INPUT_SIZE, TRAIN.IMAGES_PER_GPU = the global batch).
 REFERENCE = {"H0": (512, 1), "H-1": (480, 6), "H-2": (448, 8), "H-3": (416, 10), "H-4": (384, 48)}
 
 
@@ -60,8 +60,7 @@ def test_pose_experiment_follows_the_reference(config_arg, variant):
   input_size, batch = REFERENCE[variant]
   config = load_config(f"{EXPERIMENTS}/{config_arg}")
   task = make_task(config)
-  assert (task.spec.name, task.input_size, config.data.per_device_batch) == (variant, input_size,
-                                                                            batch)
+  assert (task.spec.name, task.input_size, config.data.batch) == (variant, input_size, batch)
   assert (config.data.dataset, config.data.coco_dir, config.data.split) == ("coco", "data/coco",
                                                                            "train")
   train = config.train
@@ -115,6 +114,27 @@ def test_bad_experiment_argument_names_the_file_and_the_choices(config_arg, mess
     load_config(EXPERIMENTS / config_arg)
 
 
+def test_the_replaced_per_device_batch_is_refused_naming_the_global_batch(tmp_path):
+  replaced = "it was replaced by data.batch, the GLOBAL batch"
+  with pytest.raises(UserError, match=f"override 'data.per_device_batch': {replaced}"):
+    override(Config(), "data.per_device_batch=4")
+  (tmp_path / "old.py").write_text(
+      "from ehrnet_jax.config import Config, DataConfig\n"
+      "def get_config():\n  return Config(data=DataConfig(per_device_batch=4))\n")
+  with pytest.raises(UserError, match=f"config .*old.py: data.per_device_batch: {replaced}"):
+    load_config(tmp_path / "old.py")
+
+
+@pytest.mark.parametrize("batch, devices, nearest", [(12, 8, "8 or 16"), (3, 8, "8"),
+                                                      (0, 2, "2"), (-4, 2, "2")])
+def test_a_global_batch_that_does_not_split_over_the_devices_is_refused(batch, devices, nearest):
+  from ehrnet_jax.training.mesh import check_batch
+  with pytest.raises(UserError, match=rf"data.batch={batch}: .* multiple of the device count, "
+                                      rf"{devices} .*; nearest valid: {nearest}$"):
+    check_batch(batch, devices)
+  check_batch(2 * devices, devices)  # A multiple passes.
+
+
 def test_load_config_errors(tmp_path):
   with pytest.raises(UserError, match="missing.py: no such file .* experiments/coco_pose.py:H-4"):
     load_config(tmp_path / "missing.py:H-4")
@@ -130,11 +150,11 @@ def test_load_config_errors(tmp_path):
 
 def test_cli_print_config_applies_overrides(capsys):
   code = cli.main(["train", "--config", f"{EXPERIMENTS}/coco_pose.py:H-2", "--workdir", "/unused",
-                   "--set", "train.epochs=10", "--set", "data.per_device_batch=4",
+                   "--set", "train.epochs=10", "--set", "data.batch=32",
                    "--print-config"])
   printed = json.loads(capsys.readouterr().out)
   assert code == 0
-  assert printed["train"]["epochs"] == 10.0 and printed["data"]["per_device_batch"] == 4
+  assert printed["train"]["epochs"] == 10.0 and printed["data"]["batch"] == 32
   assert printed["model"]["variant"] == "H-2"
 
 

@@ -1,6 +1,10 @@
 """The training loop with the tiny net and synthetic batches: logs, checkpoints, resume, guard."""
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -9,7 +13,8 @@ import tensorflow as tf
 
 from ehrnet_jax import weights
 from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
-from ehrnet_jax.training import loop
+from ehrnet_jax.errors import UserError
+from ehrnet_jax.training import distributed, loop
 from ehrnet_jax.training.checkpointing import Checkpointer
 from support.tiny_pose import SyntheticData, TinyPoseNet
 
@@ -18,7 +23,7 @@ SIZE = 32
 
 def _config(steps: int, **train) -> Config:
   return Config(model=ModelConfig(variant="H-4", input_size=SIZE),
-                data=DataConfig(per_device_batch=2),
+                data=DataConfig(batch=2),
                 train=TrainConfig(steps=steps, **train),
                 run=RunConfig(log_every_steps=2, checkpoint_every_steps=1, keep_checkpoints=1,
                               eval_every_steps=1))
@@ -46,7 +51,7 @@ def _tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
 
 @pytest.mark.slow
 def test_logs_checkpoints_best_and_resume(tmp_path):
-  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)  # 4 steps per epoch
+  data = SyntheticData(num_examples=8, batch=2, size=SIZE)  # 4 steps per epoch
   aps = [0.1, 0.5, 0.2, 0.3, 0.05, 0.0, 0.4, 0.45]
   evaluate = _ScriptedAP(aps)
   state = loop.train(_config(6, lr_milestones=(1.0,)), str(tmp_path), data=data,
@@ -90,7 +95,7 @@ def test_logs_checkpoints_best_and_resume(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_step_and_batch(tmp_path):
-  data = SyntheticData(num_examples=8, per_device_batch=2, size=SIZE)
+  data = SyntheticData(num_examples=8, batch=2, size=SIZE)
   with pytest.raises(loop.NonFiniteLossError) as error:
     loop.train(_config(6, learning_rate=1e30), str(tmp_path), data=data, model=TinyPoseNet())
   message = str(error.value)
@@ -101,3 +106,27 @@ def test_non_finite_loss_stops_naming_step_and_batch(tmp_path):
   # No checkpoint holds the step that produced the non-finite loss, or a later one.
   assert all(int(p.name) <= bad_step for p in (tmp_path / "checkpoints").iterdir()
              if p.name.isdigit())
+
+
+def test_a_global_batch_of_no_examples_is_refused_before_anything_starts(tmp_path):
+  config = dataclasses.replace(_config(1), data=DataConfig(batch=0))
+  with pytest.raises(UserError, match="data.batch=0: the global batch must be a positive "
+                                      "multiple of the device count, 1"):
+    loop.train(config, str(tmp_path), data=SyntheticData(8, 2, SIZE), model=TinyPoseNet())
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_deterministic_ops_flag_joins_xla_flags_before_jax_starts():
+  """The flag is added once, beside the flags already set, and XLA knows it: XLA aborts the
+  process at start-up on an unknown flag (e.g. a misspelt one)."""
+  script = ("from ehrnet_jax.training import distributed\n"
+            "distributed.request_deterministic_ops(); distributed.request_deterministic_ops()\n"
+            "import jax, os\n"
+            "print(jax.device_count(), jax.jit(lambda x: x + 1)(1), os.environ['XLA_FLAGS'])\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  result = subprocess.run([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120, check=False)
+  assert result.returncode == 0, result.stdout.decode()[-2000:]
+  assert result.stdout.decode().split() == [
+      "3", "2", "--xla_force_host_platform_device_count=3", distributed.DETERMINISTIC_OPS_FLAG]

@@ -15,7 +15,7 @@ SIZE = 32
 
 def _config(**train) -> Config:
   return Config(model=ModelConfig(variant="H-4", input_size=SIZE),
-                data=DataConfig(per_device_batch=2), train=TrainConfig(steps=1, **train),
+                data=DataConfig(batch=2), train=TrainConfig(steps=1, **train),
                 run=RunConfig(eval_every_steps=-1))
 
 
@@ -34,7 +34,7 @@ def test_the_step_is_compiled_with_the_configured_precision(tmp_path, monkeypatc
 
   monkeypatch.setattr(step_lib, "compile_step", recording_compile_step)
   loop.train(_config(matmul_precision=precision), str(tmp_path), model=TinyPoseNet(),
-             data=SyntheticData(num_examples=2, per_device_batch=2, size=SIZE))
+             data=SyntheticData(num_examples=2, batch=2, size=SIZE))
 
   (compiled,) = compiled_steps
   convolutions = [line for line in compiled.as_text().splitlines() if " convolution(" in line]
@@ -58,4 +58,4 @@ def test_the_default_precision_is_float32():
 def test_an_unknown_precision_is_refused_by_name(tmp_path):
   with pytest.raises(UserError, match="train.matmul_precision='fp32'"):
     loop.train(_config(matmul_precision="fp32"), str(tmp_path), model=TinyPoseNet(),
-               data=SyntheticData(num_examples=2, per_device_batch=2, size=SIZE))
+               data=SyntheticData(num_examples=2, batch=2, size=SIZE))

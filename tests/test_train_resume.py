@@ -27,7 +27,7 @@ HANG_GUARD_S = 1200
 def _config():
   from ehrnet_jax.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
   return Config(model=ModelConfig(variant="H-4", input_size=64),
-                data=DataConfig(split="train", per_device_batch=2, shuffle_buffer=16),
+                data=DataConfig(split="train", batch=2, shuffle_buffer=16),
                 train=TrainConfig(steps=STEPS, lr_milestones=(1.0,), seed=3),
                 run=RunConfig(log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=2,
                               eval_every_steps=-1))

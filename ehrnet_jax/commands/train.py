@@ -26,7 +26,9 @@ Running the same command again resumes from the latest checkpoint in --workdir.
 Multi-process (one command per host / process, same config and work dir):
   ehrnet train ... --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   (and 1)
   ehrnet train ... --distributed      (Cloud TPU pods, SLURM, Open MPI: detected by JAX)
-Set JAX_COMPILATION_CACHE_DIR=DIR to reuse compiled steps across restarts.
+data.batch is the global batch (all devices of all processes); each process reads
+data.batch / processes images per step. Set JAX_COMPILATION_CACHE_DIR=DIR to reuse compiled
+steps across restarts; --set train.deterministic=true makes GPU steps bit-reproducible.
 """
 
 
@@ -55,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
   if args.print_config:
     print(json.dumps(config.to_dict(), indent=2))
     return 0
+  if config.train.deterministic:  # Before JAX's backend starts.
+    from ehrnet_jax.training import distributed
+    distributed.request_deterministic_ops()
   _distributed.start(args)
   from ehrnet_jax.training import loop
   state = loop.train(config, args.workdir)

@@ -55,6 +55,11 @@ class ExecutionForm:
   squeeze_excite: the squeeze-excitation's pooled vector through "dense" layers, or kept as a
     (B, 1, 1, C) map through 1x1 "conv"olutions with the same variables (exporters write
     GlobalAveragePool + Conv instead of ReduceSum + Div + Gemm with reshapes and transposes).
+  batch_norm_axis: None, or the mapped axis (the trainer's mesh axis, "data") over whose
+    devices training-mode batch norm takes its statistics (cross-replica batch norm: the
+    global batch's statistics, through collectives; the model must then train under that axis,
+    e.g. in `jax.shard_map`). Unlike the other fields this one changes the numbers of a
+    multi-device training step (with one device it changes nothing); evaluation ignores it.
   """
   depthwise: str = "conv"
   transposed_conv: str = "conv_transpose"
@@ -65,6 +70,7 @@ class ExecutionForm:
   fold_batch_norm: bool = False
   upsample: str = "repeat"
   squeeze_excite: str = "dense"
+  batch_norm_axis: str | None = None
 
   def __post_init__(self):
     for field, allowed in (("depthwise", DEPTHWISE), ("transposed_conv", conv_transpose.FORMS),
@@ -160,10 +166,17 @@ class ExecutionForm:
 
   def batch_norm_train(self, x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
                        activation: Activation) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Training-mode batch norm then `activation`: `(y, mean, biased variance)`."""
+    """Training-mode batch norm then `activation`: `(y, mean, biased variance)`, the statistics
+    over the devices of `batch_norm_axis` too."""
     if self.written_gradients:
-      return batch_norm.batch_norm_train(x, scale, bias, epsilon, activation)
-    return batch_norm.batch_norm_train_plain(x, scale, bias, epsilon, activation)
+      return batch_norm.batch_norm_train(x, scale, bias, epsilon, activation,
+                                         self.batch_norm_axis)
+    return batch_norm.batch_norm_train_plain(x, scale, bias, epsilon, activation,
+                                             self.batch_norm_axis)
+
+  def batch_norm_devices(self) -> int:
+    """How many devices' batches one training-mode batch norm normalises together."""
+    return 1 if self.batch_norm_axis is None else jax.lax.axis_size(self.batch_norm_axis)
 
   def residual_end(self, x: jax.Array, train: bool) -> jax.Array:
     """The output of a residual block (`x` itself; stored once in training if so chosen)."""

@@ -28,7 +28,8 @@ class BatchNorm(nn.Module):
 
   Training normalises with the biased batch variance and updates the running statistics with
   weight `momentum` (PyTorch's convention: 0.1) using the unbiased variance; evaluation uses the
-  running statistics. Statistics are kept and computed in float32 whatever the compute dtype.
+  running statistics. Statistics are kept and computed in float32 whatever the compute dtype;
+  with `form.batch_norm_axis` they are those of the batches of all devices along that axis.
   Inputs may carry zero channels beyond `features` (see `Conv.align`); they stay zero.
   `activation` (optional) is applied to the normalised values (in float32 in training).
   """
@@ -55,7 +56,7 @@ class BatchNorm(nn.Module):
         x.astype(jnp.float32), pad_channels(self.scale, width), pad_channels(self.bias, width),
         self.epsilon, activation)
     if not self.is_initializing():
-      count = x.size // width
+      count = x.size // width * self.form.batch_norm_devices()
       unbiased = var[:self.features] * count / max(count - 1, 1)
       self.mean.value += self.momentum * (mean[:self.features] - self.mean.value)
       self.var.value += self.momentum * (unbiased - self.var.value)

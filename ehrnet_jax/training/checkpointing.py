@@ -7,25 +7,28 @@ One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, with two or
 - `data`, when the input pipeline is a Grain `DatasetIterator` (COCO): its state, one JSON file
   per process (Grain's orbax handler), restored into the resumed run's iterator.
 
-Saves are asynchronous (training continues while the files are written) and atomic (orbax
-writes to a temporary directory and renames it), so a run killed at any moment resumes from the
-last complete checkpoint. Kept: the latest `keep` checkpoints plus the best one by the task's
-metric (a save with `metrics={metric: ...}`: "ap" for pose, "top1" for classification).
-Restoring uses the abstract target (shapes, dtypes and the optax named tuples of a freshly built
-state), so the optimiser state comes back with its structure.
+Saves are asynchronous and atomic: orbax copies the state's arrays from the devices to host
+memory (each process its own replica's share), returns, and writes the files while training
+continues; it writes to a temporary directory and renames it, so a run killed at any moment
+resumes from the last complete checkpoint. Every process takes part in every save and restore.
+Kept: the latest `keep` checkpoints plus the best one by the task's metric (a save with
+`metrics={metric: ...}`: "ap" for pose, "top1" for classification).
+Restoring uses the abstract target (shapes, dtypes, shardings and the optax named tuples of a
+freshly built state), so the optimiser state comes back with its structure, straight onto the
+devices the target names.
 """
 
 import os
 from typing import Any
 
 import grain
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from ehrnet_jax.errors import UserError
+from ehrnet_jax.training.mesh import host_value
 from ehrnet_jax.training.state import TrainState
+
 
 class Checkpointer:
   """Saves and restores `TrainState`s in `directory` (made absolute; orbax requires it); the
@@ -52,15 +55,16 @@ class Checkpointer:
 
   def save(self, state: TrainState, meta: dict[str, Any],
            metrics: dict[str, float] | None = None, data: Any = None) -> None:
-    """Starts an asynchronous save of `state` (host or device arrays, unreplicated), and of the
-    state of `data`, the input iterator, when it is a Grain `DatasetIterator`.
+    """Starts an asynchronous save of `state` (global arrays, e.g. replicated over the mesh, or
+    host arrays), and of the state of `data`, the input iterator, when it is a Grain
+    `DatasetIterator`.
 
-    Waits for the previous save first; returns once the arrays are copied to host memory (the
-    iterator's state is taken now: that of the batch after `state.step`'s).
+    Waits for the previous save first; returns once the arrays are copied to host memory (so the
+    caller may then donate their buffers to the next step; the iterator's state is taken now:
+    that of the batch after `state.step`'s).
     """
-    step = int(state.step)
-    host_state = jax.device_get(state)
-    items = {"state": ocp.args.StandardSave(host_state), "meta": ocp.args.JsonSave(meta)}
+    step = int(host_value(state.step))
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if isinstance(data, grain.DatasetIterator):
       items["data"] = grain.checkpoint.CheckpointSave(data)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -80,17 +84,18 @@ class Checkpointer:
     return True
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-    """The state and meta of `step` (default: the latest), shaped like `target`.
+    """The state and meta of `step` (default: the latest), shaped and placed like `target`.
 
-    `target` may be abstract (`jax.eval_shape` of the state constructor).
+    `target`: `jax.ShapeDtypeStruct`s with shardings (`mesh.abstract_replicated` of the state
+    constructor's `jax.eval_shape`), or arrays; the state comes back as arrays of those
+    shardings.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"{self.directory}: no checkpoint to restore")
-    abstract = jax.tree.map(lambda x: np.empty(x.shape, x.dtype), target)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError) as error:
       raise UserError(f"{self.directory}/{step}: the checkpoint does not match this model or "
                       f"optimiser (was it written with another config?): {error}") from error

@@ -61,7 +61,7 @@ class CocoTrainData:
 
   def batches(self, start_step: int) -> Iterator[Batch]:
     stream = self._pipeline.Stream(
-        seed=self._seed, global_batch=global_batch(self._config),
+        seed=self._seed, global_batch=self._config.batch,
         num_records=self.num_examples, process_index=jax.process_index(),
         process_count=jax.process_count())
     return self._pipeline.train_iterator(self._source, stream, self._augmentation,
@@ -78,14 +78,9 @@ def _coco_builder(coco_dir: pathlib.Path, tfds_dir: str):
   return coco_tfds.build(coco_dir, tfds_dir)
 
 
-def global_batch(config: DataConfig) -> int:
-  """The global batch (all devices of all processes)."""
-  return config.per_device_batch * jax.device_count()
-
-
 def local_batch(config: DataConfig) -> int:
-  """This process's share of the global batch (contracts.md #2)."""
-  return global_batch(config) // jax.process_count()
+  """This process's share of the global batch `data.batch` (its rows of every global batch)."""
+  return config.batch // jax.process_count()
 
 
 class ClassificationTrainData:

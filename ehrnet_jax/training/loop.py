@@ -4,10 +4,17 @@ One loop trains both models of the project: the pose network on COCO and the bac
 classifier on imagenet2012 / cifar100; `data.dataset` picks the task (`tasks.py`), which supplies
 the model, the loss, the input pipeline, the evaluation and its ranking metric (AP or top-1).
 
+The step is one SPMD program over a mesh of all devices of all processes (`step.spmd_train_step`,
+`mesh.py`): the train state is a replicated global array, and each step's global batch of
+`data.batch` examples is assembled from the processes' local batches (`data.batch / processes`
+examples each, the input pipeline's flat host batches) and split over the devices. Checkpoints
+are written from the devices (orbax, asynchronously); metrics and the host copies of the model
+for evaluation and the final save are read from this process's own replica, so any number of
+processes works.
+
 The loop resumes automatically from the latest checkpoint in `<workdir>/checkpoints` (state and
 data position), so the same command restarts a preempted run and ends with the same parameters
-as an uninterrupted one. Each process feeds its local devices with its own shard of the data;
-the pmapped step keeps every replica identical.
+as an uninterrupted one (bit-identical on CPU and TPU; on GPUs with `train.deterministic`).
 
 Files in the work dir:
   config.json          the resolved config (process 0)
@@ -29,7 +36,6 @@ import os
 import time
 from typing import Any
 
-import flax.jax_utils
 import flax.linen as nn
 import jax
 import numpy as np
@@ -38,7 +44,7 @@ from ehrnet_jax import backbones
 from ehrnet_jax.config import Config
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.models import init_variables
-from ehrnet_jax.training import optim, step as step_lib
+from ehrnet_jax.training import distributed, mesh as mesh_lib, optim, step as step_lib
 from ehrnet_jax.training.checkpointing import Checkpointer
 from ehrnet_jax.training.input import Batch, TrainData
 from ehrnet_jax.training.state import TrainState, abstract_train_state, create_train_state
@@ -71,7 +77,8 @@ class _NonFiniteGuard:
   """Checks each step's loss one step late, so the check never stalls the device queue.
 
   Keeps the host batches of the steps not yet checked; on a non-finite loss saves that batch
-  to `<workdir>/nonfinite_step_<step>.npz` and raises `NonFiniteLossError`.
+  (this process's rows of it) to `<workdir>/nonfinite_step_<step>.npz` (with several processes
+  `nonfinite_step_<step>_process_<index>.npz`) and raises `NonFiniteLossError`.
   """
 
   def __init__(self, workdir: str, steps_per_epoch: int):
@@ -79,17 +86,19 @@ class _NonFiniteGuard:
     self._pending = collections.deque()
 
   def push(self, step: int, loss: jax.Array, batch: Batch) -> None:
-    """Registers the (device) loss and the host batch of optimiser step `step` (0-based)."""
+    """Registers the (replicated device) loss and this process's host batch of optimiser step
+    `step` (0-based)."""
     self._pending.append((step, loss, batch))
 
   def check(self, keep: int = 1) -> None:
     """Checks all but the newest `keep` registered steps."""
     while len(self._pending) > keep:
       step, loss, batch = self._pending.popleft()
-      value = float(np.asarray(loss).reshape(-1)[0])
+      value = float(mesh_lib.host_value(loss))
       if np.isfinite(value):
         continue
-      path = os.path.join(self._workdir, f"nonfinite_step_{step}.npz")
+      process = f"_process_{jax.process_index()}" if jax.process_count() > 1 else ""
+      path = os.path.join(self._workdir, f"nonfinite_step_{step}{process}.npz")
       np.savez_compressed(path, **batch)
       epoch, index = divmod(step, self._steps_per_epoch)
       ids = batch.get("image_id")
@@ -138,7 +147,7 @@ def run_conditions(config: Config) -> dict[str, Any]:
 
 def train(config: Config, workdir: str, *, data: TrainData | None = None,
           evaluate: EvaluateFn | None = None, model: nn.Module | None = None) -> TrainState:
-  """Trains (or resumes training) and returns the final state (host copy, unreplicated).
+  """Trains (or resumes training) and returns the final state (host copy).
 
   Everything runs under `train.matmul_precision` (JAX's default precision of float32
   convolutions and products): the compiled step and the evaluation. `run_conditions` goes to
@@ -147,15 +156,18 @@ def train(config: Config, workdir: str, *, data: TrainData | None = None,
   Args:
     config: the run's config.
     workdir: where checkpoints, logs and the final model go (created if missing).
-    data: the input pipeline; default the task's (`CocoTrainData`, `ClassificationTrainData`).
+    data: the input pipeline (flat host-local batches of `data.batch / processes` examples);
+      default the task's (`CocoTrainData`, `ClassificationTrainData`).
     evaluate: the evaluation hook; its task metric ("ap" for pose, "top1" for classification)
       ranks the checkpoints. Default COCO AP (`CocoEvaluator`) or top-1/top-5
       (`ClassificationEvaluator`) on `config.run.eval_split`, unless `data` is given or
       `config.run.eval_every_steps` is -1.
-    model: the network; default the task's (`EfficientHRNet`, `EfficientNetClassifier`).
+    model: the network; default the task's (`EfficientHRNet`, `EfficientNetClassifier`, in the
+      form of `train.execution_form` and `train.batch_norm`; a given model brings its own).
 
   Raises:
     NonFiniteLossError: when the loss becomes NaN or infinite.
+    UserError: e.g. when `data.batch` does not split evenly over the devices.
   """
   try:
     precision = jax.default_matmul_precision(config.train.matmul_precision)
@@ -171,10 +183,13 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  distributed.check_deterministic_ops(config.train.deterministic)
+  global_batch = config.data.batch
+  mesh_lib.check_batch(global_batch, jax.device_count())
+  mesh = mesh_lib.data_mesh()
   task = make_task(config)
   spec = task.spec
   model = model or task.make_model()
-  global_batch = config.data.per_device_batch * jax.device_count()
   if data is None:
     data = task.train_data(workdir)
     if evaluate is None and config.run.eval_every_steps >= 0:
@@ -186,18 +201,19 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.run.keep_checkpoints,
                               metric=task.metric)
   if checkpointer.latest_step() is None:
-    state = _fresh_state(task, model, tx)
-  else:  # Resume: the abstract state gives the structure, the checkpoint the values.
-    state, meta = checkpointer.restore(abstract_train_state(model, tx))
+    state = mesh_lib.put_replicated(_fresh_state(task, model, tx), mesh)
+  else:  # Resume: the abstract state gives the structure and placement, the checkpoint values.
+    state, meta = checkpointer.restore(
+        mesh_lib.abstract_replicated(abstract_train_state(model, tx), mesh))
     _check_resumable(meta, task.name, global_batch, checkpointer.directory)
-  start = int(state.step)
+  start = int(mesh_lib.host_value(state.step))
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       json.dump(config.to_dict(), f, indent=2)
 
-  p_step = step_lib.pmap_train_step(step_lib.make_train_step(
+  train_step = step_lib.spmd_train_step(step_lib.make_train_step(
       model, tx, task.loss_fn, config.train.freeze_backbone,
-      axis_name=step_lib.AXIS), prepare=task.prepare)
+      axis_name=mesh_lib.AXIS), mesh, prepare=task.prepare)
   writer = MetricWriter(workdir, enabled=is_main)
   progress = ProgressBar(start, num_steps, enabled=is_main)
   conditions = run_conditions(config)
@@ -209,7 +225,7 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
 
   def log(step: int, metrics: dict[str, jax.Array]) -> None:
     done = step + 1
-    scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    scalars = {k: float(v) for k, v in mesh_lib.host_copy(metrics).items()}
     rate = throughput.mark(done)
     if rate is not None:
       scalars["images_per_second"] = rate
@@ -219,35 +235,32 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
     progress.update(0, loss=scalars["loss"], lr=scalars["learning_rate"],
                     **({"img/s": rate} if rate is not None else {}))
 
-  def evaluate_and_save(host_state: TrainState, done: int) -> None:
+  def evaluate_and_save(state: TrainState, done: int) -> None:
     nonlocal best
-    result = evaluate(host_state.variables, spec) if evaluate and _eval_due(config, done,
-                                                                            num_steps) else None
-    if result is not None:
+    result = None
+    if evaluate and _eval_due(config, done, num_steps):
+      variables = mesh_lib.host_copy(state.variables)
+      result = evaluate(variables, spec)
       writer.write(done, {f"eval/{k}": v for k, v in result.items()})
       progress.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-      if result[task.metric] > best and is_main:
+      if result[task.metric] > best:  # Every process: orbax's saves are collective.
         best = result[task.metric]
-        task.save(os.path.join(workdir, "best"), host_state.variables,
-                  source=f"ehrnet train, step {done}")
+        task.save(os.path.join(workdir, "best"), variables, source=f"ehrnet train, step {done}")
     epoch, index = divmod(done, steps_per_epoch)
     meta = {"step": done, "epoch": epoch, "batch_in_epoch": index, "model": task.name,
             "global_batch": global_batch, "config": config.to_dict()}
-    checkpointer.save(host_state, meta,
-                      metrics={task.metric: result[task.metric]} if result else None,
-                      data=batches)
+    metrics = {task.metric: result[task.metric]} if result else None
+    checkpointer.save(state, meta, metrics=metrics, data=batches)
 
-  step_key = lambda step, rng=state.rng: jax.random.fold_in(jax.random.wrap_key_data(rng), step)
-  rstate = step_lib.replicate(state)
-  del state
   batches = data.batches(start)
   if start:
     checkpointer.restore_data(batches, start)
   for step in range(start, num_steps):
-    host_batch = _per_device(next(batches))
+    host_batch = next(batches)
+    batch = mesh_lib.global_batch(host_batch, mesh)
     if step == start:  # Every batch has the same shapes: compile once, ahead of the first step.
-      p_step = step_lib.compile_step(p_step, rstate, host_batch, step_key(step))
-    rstate, metrics = p_step(rstate, host_batch, step_key(step))
+      train_step = step_lib.compile_step(train_step, state, batch)
+    state, metrics = train_step(state, batch)
     guard.push(step, metrics["loss"], host_batch)
     guard.check(keep=1)
     done = step + 1
@@ -261,24 +274,17 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
         done == num_steps):
       guard.check(keep=0)  # Never save a non-finite state.
       started = time.perf_counter()
-      evaluate_and_save(jax.device_get(flax.jax_utils.unreplicate(rstate)), done)
+      evaluate_and_save(state, done)
       throughput.exclude(time.perf_counter() - started)
   guard.check(keep=0)
   progress.close()
   checkpointer.close()
   getattr(batches, "close", lambda: None)()  # Grain's worker processes.
-  final = jax.device_get(flax.jax_utils.unreplicate(rstate))
-  if is_main:
-    task.save(os.path.join(workdir, "variables"), final.variables,
-              source=f"ehrnet train, step {int(final.step)}")
+  final = mesh_lib.host_copy(state)
+  task.save(os.path.join(workdir, "variables"), final.variables,  # Collective, as above.
+            source=f"ehrnet train, step {int(final.step)}")
   writer.close()
   return final
-
-
-def _per_device(batch: Batch) -> Batch:
-  """A host-local flat batch (b, ...) as pmap takes it: (local devices, b / devices, ...)."""
-  devices = jax.local_device_count()
-  return {k: v.reshape((devices, v.shape[0] // devices) + v.shape[1:]) for k, v in batch.items()}
 
 
 def _eval_due(config: Config, done: int, num_steps: int) -> bool:

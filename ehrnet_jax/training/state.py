@@ -1,6 +1,7 @@
 """`TrainState`: everything that changes during training, as one pytree.
 
-It is what the step function maps, what pmap replicates and what a checkpoint holds: the step,
+It is what the step function maps, what lives replicated on every device (a global array,
+`mesh.put_replicated`) and what a checkpoint holds: the step,
 the parameters, the batch-norm statistics, the optimiser state and the base PRNG key (stored as
 raw uint32 key data so that it is a plain array in the checkpoint). The key of step `s` is
 `fold_in(rng, s)`, so a resumed run draws the same random numbers as an uninterrupted one.

@@ -1,15 +1,18 @@
-"""The training step: a pure function `(state, batch, rng) -> (state, metrics)`.
+"""The training step: a pure per-device function `(state, batch, rng) -> (state, metrics)`, and
+the one SPMD program that runs it on every device.
 
 The same step trains the pose model and the backbone classifier: it is bound to the task's loss
 function `(model outputs, batch) -> (total, components)` (`losses.pose_loss`,
 `losses.classification_loss`; see `tasks.py`).
 
-Run under `jax.pmap` with `axis_name`, each device takes its shard of the batch, uses the key
+`spmd_train_step` runs it as `jax.jit(jax.shard_map(...))` over the data mesh (`mesh.py`), the
+form `jax.pmap` itself lowers to: each device takes its shard of the global batch, uses the key
 `fold_in(rng, device_index)` for drop-connect, and the gradients, the updated batch-norm
-statistics and the metrics are averaged over the device axis (`lax.pmean`), so every replica
-stays identical. As in the reference (PyTorch DDP without SyncBN), batch normalisation uses the
-statistics of each device's own shard. With `axis_name=None` the same function runs on one
-device.
+statistics and the metrics are averaged over the mesh axis (`lax.pmean`), so the replicated
+state stays identical on every device. By default (the reference's PyTorch DDP without SyncBN)
+batch normalisation uses the statistics of each device's own shard; a model whose
+`ExecutionForm.batch_norm_axis` names the mesh axis normalises with those of the global batch.
+With `axis_name=None` the same function runs on one device.
 
 With a frozen backbone the gradient is taken with respect to the other parameters only: the
 backbone's parameters enter the loss as constants, so no backward pass runs through the backbone
@@ -22,18 +25,20 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 import optax
 
 from ehrnet_jax.host_memory import release_freed_memory
 from ehrnet_jax.models import BACKBONE
+from ehrnet_jax.training.mesh import AXIS
 from ehrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+# The compiled program: (replicated state, global batch) -> (state, metrics).
+SpmdStepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 # (model outputs, batch) -> (total loss, {component name: scalar}), the components summing to it.
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
-AXIS = "devices"
 
 
 def _split_frozen(params: dict[str, Any], freeze_backbone: bool):
@@ -82,41 +87,48 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
                            freeze_backbone=freeze_backbone, axis_name=axis_name)
 
 
-def replicate(tree: Any) -> Any:
-  """`tree` copied to every local device, with the layout the pmapped step gives its outputs.
+def spmd_train_step(step_fn: StepFn, mesh: Mesh,
+                    prepare: Callable[[Batch], Batch] | None = None) -> SpmdStepFn:
+  """`step_fn` (bound with `axis_name=AXIS`) as one SPMD program over `mesh`, jitted.
 
-  (`flax.jax_utils.replicate` gives another sharding, so the step's second call recompiles.)
+  The program takes the replicated state and the global host-format batch (split over `AXIS`
+  along its leading axis) and returns the replicated new state and metrics; the input state's
+  buffers are donated. The step's key is `state.step_key(state.step)`, the same on every device
+  (`step_fn` folds in the device index). `prepare` (the task's: `tasks.Task.prepare`) turns each
+  device's shard of the host batch into its training batch on device first.
+
+  The body has per-device semantics, as under `jax.pmap` (`check_vma=False`): every value is the
+  device's own, and `step_fn`'s `pmean` of the gradients is what averages them. (With shard_map's
+  varying-axes checking, autodiff would already sum the gradients of the replicated parameters
+  over the devices, and that `pmean` would leave them scaled by the device count.)
   """
-  devices = jax.local_device_count()
-  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS)(stacked)
+  def per_device(state, batch):
+    batch = prepare(batch) if prepare else batch
+    return step_fn(state, batch, state.step_key(state.step))
+
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,))
 
 
-def compile_step(p_step: StepFn, state: TrainState, batch: Batch, rng: jax.Array) -> StepFn:
-  """`p_step` compiled ahead of time for the shapes of these arguments (others are an error), and
-  the compiler's freed host memory returned to the OS before the first step allocates its
-  buffers (`host_memory`): peak memory of H0's trained step 5.1-5.3 -> 3.8-4.1 GB. JAX's
-  tracing and compilation caches are dropped first: they keep ~0.4 GB alive after compiling
-  (H0 trained; deleting the pmapped function frees none of it), peak 3.82 -> 3.64 GB. The same
-  is done before compiling, so that the compiler starts from what the state needs and not from
-  what its initialisation left (H0 frozen: process peak 2.11 -> 1.86 GB). Functions compiled
-  earlier recompile if they are called again."""
-  jax.clear_caches()
-  release_freed_memory()
-  compiled = p_step.lower(state, batch, rng).compile()
-  jax.clear_caches()
-  release_freed_memory()
+def compile_step(step: SpmdStepFn, *args) -> SpmdStepFn:
+  """`step` (jitted) compiled ahead of time for the shapes and shardings of `args` (the state and
+  the global batch; others are an error); multi-process safe.
+
+  On CPU the compiler's freed host memory is also returned to the OS before the first step
+  allocates its buffers (`host_memory`): peak memory of H0's trained step 5.1-5.3 -> 3.8-4.1
+  GB. JAX's tracing and compilation caches are dropped first: they keep ~0.4 GB alive after
+  compiling (H0 trained), peak 3.82 -> 3.64 GB. The same is done before compiling, so that the
+  compiler starts from what the state needs and not from what its initialisation left (H0
+  frozen: process peak 2.11 -> 1.86 GB). Functions compiled earlier recompile if they are
+  called again. (Measured with the pmapped step of JAX 0.10; on accelerators the host's memory
+  is not the limit, and nothing is dropped.)"""
+  on_cpu = jax.default_backend() == "cpu"
+  if on_cpu:
+    jax.clear_caches()
+    release_freed_memory()
+  compiled = step.lower(*args).compile()
+  if on_cpu:
+    jax.clear_caches()
+    release_freed_memory()
   return compiled
-
-
-def pmap_train_step(step_fn: StepFn, prepare: Callable[[Batch], Batch] | None = None) -> StepFn:
-  """`step_fn` (bound with `axis_name=AXIS`) pmapped over the local devices.
-
-  State and batch carry a leading device axis; the rng is one key for all devices. `prepare`
-  (the task's: `tasks.Task.prepare`) turns each device's host batch into the training batch on
-  device first. The input state's buffers are donated.
-  """
-  def prepared_step(state, batch, rng):
-    return step_fn(state, prepare(batch) if prepare else batch, rng)
-
-  return jax.pmap(prepared_step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))

@@ -7,8 +7,10 @@
   of the paper's Table 2 (`EfficientNetClassifier`, input sizes 224/195/170/145/128): ImageNet
   normalisation on device, softmax cross-entropy, top-1 accuracy ("top1") ranks them.
 
-A task provides the model, the host-to-device batch preparation (run inside the pmapped step),
-the loss, the default input pipeline and evaluation hook, and the final model's save.
+A task provides the model, the host-to-device batch preparation (run on each device inside the
+SPMD step), the loss, the default input pipeline and evaluation hook, and the final model's
+save. The model trains in the execution form `train.execution_form` names, with batch norm's
+statistics over the global batch when `train.batch_norm` is "cross_replica".
 """
 
 import abc
@@ -28,23 +30,30 @@ from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, ExecutionF
 from ehrnet_jax.models.execution import NAMES as EXECUTION_FORMS
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, ScalingSpec, classifier_variant
 from ehrnet_jax.training.input import Batch, ClassificationTrainData, CocoTrainData, TrainData
+from ehrnet_jax.training.mesh import AXIS
 from ehrnet_jax.training.step import LossFn
 
 # (variables, spec) -> metrics, including the task's ranking metric.
 EvaluateFn = Callable[[dict[str, Any], ScalingSpec], dict[str, float]]
 CLASSIFICATION_CLASSES = {"imagenet2012": 1000, "cifar100": 100}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# train.batch_norm -> the form's batch_norm_axis.
+_BATCH_NORM_AXES = {"per_device": None, "cross_replica": AXIS}
 
 
 def _training_form(config: Config) -> ExecutionForm:
-  """The execution form `train.execution_form` names ("auto": the fastest on this backend)."""
+  """The execution form `train.execution_form` names ("auto": the fastest on this backend), its
+  batch norm per device or cross-replica as `train.batch_norm` says."""
   name = config.train.execution_form
-  if name == "auto":
-    return ExecutionForm.for_backend(jax.default_backend(), train=True)
-  if name not in EXECUTION_FORMS:
+  if name not in EXECUTION_FORMS + ("auto",):
     raise UserError(f"train.execution_form={name!r}: expected auto or one of "
                     f"{', '.join(EXECUTION_FORMS)}")
-  return ExecutionForm.named(name)
+  if config.train.batch_norm not in _BATCH_NORM_AXES:
+    raise UserError(f"train.batch_norm={config.train.batch_norm!r}: expected one of "
+                    f"{', '.join(_BATCH_NORM_AXES)}")
+  form = (ExecutionForm.for_backend(jax.default_backend(), train=True) if name == "auto"
+          else ExecutionForm.named(name))
+  return dataclasses.replace(form, batch_norm_axis=_BATCH_NORM_AXES[config.train.batch_norm])
 
 
 def _compute_dtype(config: Config):
@@ -74,7 +83,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def prepare(self, batch: Batch) -> Batch:
-    """Host batch -> training batch, on device inside the step (jittable, any leading dims)."""
+    """Host batch -> training batch, on each device inside the step (jittable)."""
 
   @abc.abstractmethod
   def train_data(self, workdir: str) -> TrainData:
@@ -174,7 +183,8 @@ class ClassificationTask(Task):
     from ehrnet_jax.training.evaluation import ClassificationEvaluator
     config = self.config
     return ClassificationEvaluator(model, data.builder, config.run.eval_split, self.input_size,
-                                   config.data.eval_crop_fraction, config.data.per_device_batch,
+                                   config.data.eval_crop_fraction,
+                                   config.data.batch // jax.device_count(),
                                    config.run.eval_max_images)
 
   def save(self, directory: str, variables: dict[str, Any], source: str) -> None:

@@ -1,10 +1,11 @@
 """Helpers for the training tests: a miniature pose network and synthetic host batches.
 
 `TinyPoseNet` has what the trainer relies on in EfficientHRNet, at a compile cost of a second
-instead of a minute: a `backbone` parameter collection, batch norm with running statistics,
-sample-wise drop-connect drawing from the "dropout" rng, and `PoseOutputs` at 1/4 and 1/2.
-`SyntheticData` yields host batches in the input pipeline's format (uint8 images and masks,
-integer keypoint positions), each a pure function of its step.
+instead of a minute: a `backbone` parameter collection, the project's batch norm with running
+statistics (`models.layers.BatchNorm`, so its `ExecutionForm` picks written gradients or
+cross-replica statistics), sample-wise drop-connect drawing from the "dropout" rng, and
+`PoseOutputs` at 1/4 and 1/2. `SyntheticData` yields flat host batches in the input pipeline's
+format (uint8 images and masks, integer keypoint positions), each a pure function of its step.
 """
 
 import flax.linen as nn
@@ -12,14 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ehrnet_jax.models import PoseOutputs
+from ehrnet_jax.models import ExecutionForm, PoseOutputs
+from ehrnet_jax.models.layers import BatchNorm
 
 JOINTS = 17
 PEOPLE = 30
-
-
-def _batch_norm(x, train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)(x)
+WIDTH = 8
 
 
 def _drop_connect(x, rate, rng):
@@ -30,21 +29,28 @@ def _drop_connect(x, rate, rng):
 
 class TinyBackbone(nn.Module):
   """Conv-BN (no conv bias before BN, as in the real model) with a drop-connect residual."""
+  form: ExecutionForm = ExecutionForm()
+  drop_rate: float = 0.5
+
   @nn.compact
   def __call__(self, images, train):
-    x = nn.Conv(8, (4, 4), strides=(4, 4), use_bias=False, name="stem")(images)  # (B, S/4, S/4, 8)
-    x = nn.relu(_batch_norm(x, train, "bn"))
-    y = nn.Conv(8, (3, 3), use_bias=False, name="residual")(x)
-    if train:
-      y = _drop_connect(y, 0.5, self.make_rng("dropout"))
+    x = nn.Conv(WIDTH, (4, 4), strides=(4, 4), use_bias=False, name="stem")(images)  # S/4
+    x = BatchNorm(WIDTH, self.form, name="bn")(x, train, nn.relu)
+    y = nn.Conv(WIDTH, (3, 3), use_bias=False, name="residual")(x)
+    if train and self.drop_rate:
+      y = _drop_connect(y, self.drop_rate, self.make_rng("dropout"))
     return x + y
 
 
 class TinyPoseNet(nn.Module):
+  form: ExecutionForm = ExecutionForm()
+  drop_rate: float = 0.5
+
   @nn.compact
   def __call__(self, images, train):
-    x = TinyBackbone(name="backbone")(images, train)
-    x = nn.relu(_batch_norm(nn.Conv(8, (3, 3), use_bias=False, name="neck")(x), train, "bn"))
+    x = TinyBackbone(self.form, self.drop_rate, name="backbone")(images, train)
+    x = nn.Conv(WIDTH, (3, 3), use_bias=False, name="neck")(x)
+    x = BatchNorm(WIDTH, self.form, name="bn")(x, train, nn.relu)
     out_4 = nn.Conv(2 * JOINTS, (1, 1), name="head_4")(x)
     out_2 = nn.Conv(JOINTS, (3, 3), name="head_2")(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2))
     return PoseOutputs(out_4[..., :JOINTS], out_4[..., JOINTS:], out_2)
@@ -65,21 +71,19 @@ def host_batch(rng: np.random.Generator, batch: int, size: int) -> dict[str, np.
 
 
 class SyntheticData:
-  """`TrainData` of random host batches keyed by step: `batches` yields them flat (b, ...) as the
-  contract says, `batch(step)` shaped (devices, per_device, ...)."""
+  """`TrainData` of random flat host batches of `batch` examples, keyed by step."""
 
-  def __init__(self, num_examples: int, per_device_batch: int, size: int, devices: int = 1):
+  def __init__(self, num_examples: int, batch: int, size: int):
     self.num_examples = num_examples
-    self._per_device, self._size, self._devices = per_device_batch, size, devices
+    self._batch, self._size = batch, size
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    flat = host_batch(np.random.default_rng(step), self._devices * self._per_device, self._size)
-    return {k: v.reshape(self._devices, self._per_device, *v.shape[1:]) for k, v in flat.items()}
+    return host_batch(np.random.default_rng(step), self._batch, self._size)
 
   def batches(self, start_step: int):
     step = start_step
     while True:
-      yield {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.batch(step).items()}
+      yield self.batch(step)
       step += 1
 
 
