@@ -1,9 +1,19 @@
-"""Shared test fixtures: where `../shared` lives, and skips with a reason where it does not."""
+"""Shared test fixtures: where `../shared` lives, and skips with a reason where it does not.
+
+Also keeps Triton out of the test process (below)."""
 
 import os
 import pathlib
+import sys
 
 import pytest
+
+# PyPI's torch for Linux x86-64 (what the test command installs) is the CUDA build, which brings
+# Triton; importing Triton after TensorFlow segfaults (both carry their own LLVM), and torch's
+# optimizers import it (torch._dynamo asks whether Triton is installed). One test process loads
+# both TensorFlow (data tests) and torch's Adam (tests/test_reference_step.py), on CPU, where
+# Triton has nothing to do: hide it, so that torch finds none, as with its CPU build.
+sys.modules.setdefault("triton", None)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("EHRNET_SHARED", REPO.parent / "shared"))

@@ -22,12 +22,15 @@ SPEC = ScalingSpec.from_name("H-4")
 OUTPUTS = 1e-4
 # Training-mode gradients go back through batch norms over small batches, whose bias and
 # scale gradients are sums with much cancellation (some are exactly zero in exact arithmetic: a
-# shift that the next batch norm removes, so they are rounding noise in both programs): any one
-# of the forms' alternatives alone (even channel alignment, which only reorders sums) moves
-# single elements by up to 1e-3 of their leaf's largest one (measured, XLA:CPU, AMD Zen 4).
-# Compared against the largest gradient element of the whole network: a wrong or missing
-# gradient term is off by O(1) of its leaf.
-GRADIENTS = 1e-3
+# shift that the next batch norm removes, so they are rounding noise in both programs), and
+# through the backbone's last stages at 2x2 pixels, where batch norm divides by the spread of
+# 8 values: float32 rounding is amplified. Against a float64 computation of the plain program
+# (same dropout masks), the float32 plain program is off by up to 3.7e-3 of the largest element
+# and the training forms by 1.3e-3 (cpu_training) to 3.9e-3; form and plain differ by up to
+# 4.3e-3 (measured, XLA:CPU, JAX 0.12.1, AMD Zen 4; below 1e-3 with JAX 0.10.2). Compared
+# against the largest gradient element of the whole network: a wrong or missing gradient term
+# is off by O(1) of its leaf.
+GRADIENTS = 1e-2
 
 
 def _outputs(form, variables, images):
