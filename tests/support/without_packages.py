@@ -5,7 +5,7 @@ run without them (the GPU machines' stack has no TensorFlow, TFDS, pycocotools o
 
 A blocked package is hidden from every import finder: importing it or its submodules raises
 ModuleNotFoundError, `importlib.util.find_spec` answers None and `sys.modules` never names it, as
-where it is not installed (libraries such as TFDS take a name in `sys.modules` as "imported").
+where it is not installed (the packages' metadata stays visible to `importlib.metadata`) (libraries such as TFDS take a name in `sys.modules` as "imported").
 The process fails if a module of a blocked package was loaded anyway.
 """
 
@@ -26,6 +26,11 @@ class _Hiding:
     if name.split(".")[0] in self._packages:
       return None
     return self._finder.find_spec(name, path, target)
+
+  def find_distributions(self, *args, **kwargs):
+    """Installed distributions' metadata (`importlib.metadata`), as the wrapped finder sees it."""
+    find = getattr(self._finder, "find_distributions", None)
+    return find(*args, **kwargs) if find else iter(())
 
   def invalidate_caches(self):
     getattr(self._finder, "invalidate_caches", lambda: None)()
