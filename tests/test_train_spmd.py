@@ -21,6 +21,7 @@ The device count must be set before JAX starts, so the work runs in subprocesses
   python tests/test_train_spmd.py OUT.npz
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -185,13 +186,20 @@ def _free_port() -> int:
 
 
 def _train_command(workdir: pathlib.Path, tfds_dir: pathlib.Path) -> list[str]:
-  """`ehrnet train`, tiny: H-4 (the smallest pose model) at 64 pixels, 3 steps of 4 images."""
+  """`ehrnet train`, tiny: H-4 (the smallest pose model) at 64 pixels, 3 steps of 4 images, and
+  the periodic COCO evaluation at the end on 4 images (shared by the processes)."""
   settings = ["model.input_size=64", "data.batch=4", "train.steps=3", "run.log_every_steps=1",
-              "run.checkpoint_every_steps=2", "run.eval_every_steps=-1",
+              "run.checkpoint_every_steps=2", "run.eval_every_steps=0", "run.eval_max_images=4",
               f"data.tfds_dir={tfds_dir}"]
   return [sys.executable, "-m", "ehrnet_jax", "train", "--config",
           str(HERE.parent / "experiments" / "smoke.py"), "--workdir", str(workdir),
           *[arg for setting in settings for arg in ("--set", setting)]]
+
+
+def _evaluation(workdir: pathlib.Path) -> dict[str, float]:
+  """The evaluation metrics the run logged (process 0's metrics.jsonl)."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {k: v for r in records for k, v in r.items() if k.startswith("eval/")}
 
 
 def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -229,6 +237,12 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     # (lr * m / (sqrt(v) + eps), lr 1e-3) change by far less than 1e-3 of lr under that; a wrong
     # batch, key or scale moves parameters by whole steps of ~lr.
     np.testing.assert_allclose(actual[key], value, atol=1e-6, rtol=0, err_msg=key)
+  # The evaluation ran in the loop of both runs, the images split over the processes (exact
+  # agreement of shared and single-process evaluation on one model: test_evaluate_sharded.py);
+  # models this close score alike.
+  single_eval, multi_eval = _evaluation(tmp_path / "single"), _evaluation(tmp_path / "multi")
+  assert sorted(single_eval) == ["eval/ap", "eval/ap50", "eval/ar"]
+  assert multi_eval == pytest.approx(single_eval, abs=1e-6)
 
 
 if __name__ == "__main__":

@@ -52,5 +52,5 @@ def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = No
   import jax
   from ehrnet_jax.inference import jax_decoder
   # pylint: enable=import-outside-toplevel
-  devices = jax.local_devices() if every_local_device else None
+  devices = tuple(jax.local_devices()) if every_local_device else None
   return jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket, devices=devices)
