@@ -114,11 +114,9 @@ class JaxDecoder:
 
   @variables.setter
   def variables(self, variables):
-    """Replicates `variables` on the decoder's devices. A global array spanning several processes
-    (the trainer's) must be fully replicated: this process's first copy is taken."""
-    local = jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array)
-                         and not x.is_fully_addressable else x, variables)
-    self._variables = jax.device_put(local, NamedSharding(self._mesh, PartitionSpec()))
+    """Replicates `variables` (host or this process's arrays; the trainer passes host copies,
+    `training.mesh.host_copy`) on the decoder's devices."""
+    self._variables = jax.device_put(variables, NamedSharding(self._mesh, PartitionSpec()))
 
   def __call__(self, pyramid, base_hw: tuple[int, int]) -> Maps:
     count = len(pyramid[0][1])
