@@ -3,8 +3,9 @@
 `collect_inputs` turns the paths a user gives (files, folders searched recursively) into the image
 and video files to run. `check_input` reads only what a file's header says (Pillow for images:
 format and size; OpenCV for videos: opened, first frame, frame count), so that a folder of
-thousands of photos is checked in seconds, before any slow work. `read_image` decodes a whole
-image. Some damage shows only then (e.g. a truncated JPEG), so it raises the same error.
+thousands of photos is checked in seconds, before any slow work (without Pillow, on a runtime-only
+install, images are decoded whole instead). `read_image` decodes a whole image. Some damage shows
+only then (e.g. a truncated JPEG), so it raises the same error.
 
 A file that cannot be used raises `UnreadableInput`: a `UserError` holding the file and the reason,
 which a caller either reports and skips or lets stop the run.
@@ -92,8 +93,12 @@ def check_input(path) -> Input:
 
 
 def _check_image_header(path: pathlib.Path) -> None:
-  # pylint: disable-next=import-outside-toplevel
-  from PIL import Image, UnidentifiedImageError
+  try:
+    # pylint: disable-next=import-outside-toplevel
+    from PIL import Image, UnidentifiedImageError
+  except ModuleNotFoundError:   # a runtime-only install (requirements-runtime.txt): decode it all
+    read_image(path)
+    return
   try:
     with Image.open(path) as image:   # reads the header only
       width, height = image.size

@@ -112,7 +112,8 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
           "; they are not run again", file=sys.stderr)
   names = _output_names([item.path if isinstance(item, Input) else pathlib.Path(item.file)
                          for item in checked])
-  failed = [item for item in checked if isinstance(item, UnreadableInput)]
+  failed = {position: item for position, item in enumerate(checked, 1)
+            if isinstance(item, UnreadableInput)}
   total = sum(max(item.frames, 1) if item.is_video else 1 for item in checked
               if isinstance(item, Input))
   with result_log.ResultLog(out_dir / LOG_FILE) as log, tqdm.tqdm(
@@ -130,11 +131,11 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
         if strict:
           raise
         warn(f"{error}; skipped")
-        failed.append(error)
+        failed[position] = error
   entries = [{**entry, "image_id": image_id(position, record.get("frame"))}
              for position, item in enumerate(checked, 1) if isinstance(item, Input)
              for record in run.records_of(str(item.path)) for entry in record["people"]]
-  failed_records = [error.record() for error in failed]
+  failed_records = [failed[position].record() for position in sorted(failed)]
   coco_results.write_text_atomically(out_dir / FAILED_FILE,
                                      json.dumps(failed_records, indent=1) + "\n")
   coco_results.write_results(out_dir / "predictions.json", entries)
