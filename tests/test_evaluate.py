@@ -171,8 +171,8 @@ def test_processes_share_the_images_and_all_return_the_one_process_evaluation():
         _host_estimator(2), source, progress=False,
         processes=_ThreadProcesses(i, 3, slots, barrier)), range(3)))
   for evaluation in shared:
-    # Exact: the host path computes every image alone (see host_pose.content_backend), and the results
-    # travel as their float32 values.
+    # Exact: the host path computes every image alone (see host_pose.content_backend), and the
+    # results travel as their float32 values.
     assert evaluation.results == one.results
     assert evaluation.stats == one.stats
     assert len(evaluation.seconds) == len(source.image_ids)
