@@ -16,9 +16,9 @@ with black images to a multiple of the device count (`batch_size`) and sharded o
 dropped. So a batch of a given input size compiles one program, whatever the number of images.
 
 Each jitted function compiles once per input shape (`JaxDecoder.compiles` says when a call will).
-The test sizes are multiples of 64, so the number of shapes is already small; `bucket` (e.g. 256) pads the network input at the bottom/right
-with black up to a multiple of `bucket` and crops the outputs, so that a folder of photos of many
-aspect ratios compiles the network only once per bucket (at the price of a border effect: the
+The test sizes are multiples of 64, so the number of shapes is already small; `bucket` (e.g. 256)
+pads the network input at the bottom/right with black up to a multiple of `bucket` and crops the
+outputs, so that a folder of photos of many aspect ratios compiles the network only once per bucket (at the price of a border effect: the
 padded pixels are seen by the convolutions near the bottom/right edge).
 """
 
