@@ -18,8 +18,9 @@ dropped. So a batch of a given input size compiles one program, whatever the num
 Each jitted function compiles once per input shape (`JaxDecoder.compiles` says when a call will).
 The test sizes are multiples of 64, so the number of shapes is already small; `bucket` (e.g. 256)
 pads the network input at the bottom/right with black up to a multiple of `bucket` and crops the
-outputs, so that a folder of photos of many aspect ratios compiles the network only once per bucket (at the price of a border effect: the
-padded pixels are seen by the convolutions near the bottom/right edge).
+outputs, so that a folder of photos of many aspect ratios compiles the network only once per
+bucket (at the price of a border effect: the padded pixels are seen by the convolutions near the
+bottom/right edge).
 """
 
 import functools
