@@ -7,13 +7,12 @@ Multi-device and multi-process runs of the JAX path: tests/test_evaluate_sharded
 import concurrent.futures
 import json
 import threading
-import zlib
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from support import coco_testing
+from support import coco_testing, host_pose
 from ehrnet_jax import cli, inference, keypoints, samples
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_evaluation, grouping, jax_decoder, transforms
@@ -103,25 +102,8 @@ def test_bad_scales_are_user_errors(scales, message):
     transforms.pyramid_sizes((640, 480), 384, parse_scales(scales))
 
 
-def _content_backend(images):
-  """A host backend (no JAX) whose 1/2-resolution heatmaps peak at pixels drawn from a hash of
-  each input image, one peak per joint; exact and independent of the batch it runs in."""
-  b, h, w, _ = images.shape
-  joints = np.arange(keypoints.COCO.num_joints)
-  heatmaps_2 = np.zeros((b, h // 2, w // 2, len(joints)), np.float32)
-  for index, image in enumerate(images):
-    rng = np.random.default_rng(zlib.crc32(image.tobytes()))
-    xs, ys = rng.integers(1, w // 2 - 2, len(joints)), rng.integers(1, h // 2 - 2, len(joints))
-    heatmaps_2[index, ys, xs, joints] = 1.0
-    heatmaps_2[index, ys, xs + 1, joints] = heatmaps_2[index, ys + 1, xs, joints] = 0.5
-  heatmaps_4 = np.zeros((b, h // 4, w // 4, len(joints)), np.float32)
-  return heatmaps_4, np.zeros_like(heatmaps_4), heatmaps_2
-
-
 def _host_estimator(batch_size: int) -> inference.PoseEstimator:
-  decoder = inference.HostDecoder(_content_backend)
-  decoder.batch_size = batch_size
-  return inference.PoseEstimator(decoder, input_size=64)
+  return host_pose.estimator(batch_size=batch_size)
 
 
 def test_images_of_one_test_size_run_as_one_batch():
@@ -189,8 +171,8 @@ def test_processes_share_the_images_and_all_return_the_one_process_evaluation():
         _host_estimator(2), source, progress=False,
         processes=_ThreadProcesses(i, 3, slots, barrier)), range(3)))
   for evaluation in shared:
-    # Exact: the host path computes every image alone (see _content_backend), and the results
-    # travel as their float32 values.
+    # Exact: the host path computes every image alone (see host_pose.content_backend), and the
+    # results travel as their float32 values.
     assert evaluation.results == one.results
     assert evaluation.stats == one.stats
     assert len(evaluation.seconds) == len(source.image_ids)

@@ -135,7 +135,9 @@ def test_two_processes_give_the_one_process_evaluation(checkpoint, single, tmp_p
   # (gloo writes its own connection lines to stdout)
   assert b"wrote" in logs[0][0] and b"Average Precision" in logs[0][0]
   assert b"wrote" not in logs[1][0] and b"Average Precision" not in logs[1][0]
-  assert not (tmp_path / "eval1").exists()
+  # Process 1 writes only the stream of its own images (to resume them).
+  assert [str(p.relative_to(tmp_path)) for p in (tmp_path / "eval1").rglob("*") if p.is_file()] \
+      == ["eval1/partial/process-1.jsonl"]
   assert json.loads((tmp_path / "eval0" / "metrics.json").read_text())["settings"][
       "processes"] == 2
   assert _outputs(tmp_path / "eval0") == (metrics, results)

@@ -86,8 +86,9 @@ def test_predict_maps_peaks_back_to_the_image_without_jax(tmp_path):
   _write_video(tmp_path / "b.mp4", [image] * 3)
   peaks_2 = np.stack([np.arange(J) * 9 + 20, np.arange(J) * 5 + 20], -1)
   estimator = inference.PoseEstimator(inference.HostDecoder(_peak_backend(peaks_2)), 384)
-  entries = predict.predict(estimator, [tmp_path / "a.png", tmp_path / "b.mp4"],
-                            tmp_path / "out", batch_size=2, progress=False)
+  checked = predict.check_inputs([tmp_path / "a.png", tmp_path / "b.mp4"])
+  entries = predict.predict(estimator, checked, tmp_path / "out", batch_size=2,
+                            progress=False).entries
   assert [e.get("frame") for e in entries] == [None, 0, 1, 2]
   # 500x300 -> input 640x384 (short side 384, long side rounded up to a multiple of 64), centre
   # (250, 150) -> (320, 192), zoom 384 / 300 = 1.28.
@@ -135,11 +136,12 @@ def test_bad_images_are_named_in_the_error(tmp_path, name, content, message):
 
 def test_bad_paths_and_videos_are_named_in_the_error(tmp_path):
   with pytest.raises(UserError, match="no such file"):
-    predict.collect_inputs([tmp_path / "missing.jpg"])
+    predict.check_inputs([tmp_path / "missing.jpg"])
   with pytest.raises(UserError, match="no images or videos"):
-    predict.collect_inputs([tmp_path])
+    predict.check_inputs([tmp_path])
   (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
-  peaks = np.full((J, 2), 4)
-  estimator = inference.PoseEstimator(inference.HostDecoder(_peak_backend(peaks)), 64)
-  with pytest.raises(UserError, match="broken.mp4"):
-    predict.predict(estimator, [tmp_path / "broken.mp4"], tmp_path / "out", progress=False)
+  with pytest.raises(UserError, match="broken.mp4: cannot open this file as a video"):
+    predict.check_inputs([tmp_path / "broken.mp4"], strict=True)
+  (failed,) = predict.check_inputs([tmp_path / "broken.mp4"])
+  assert failed.record() == {"file": str(tmp_path / "broken.mp4"),
+                             "reason": "cannot open this file as a video"}

@@ -77,8 +77,8 @@ def run(args) -> int:
   print(json.dumps({name: round(value, 4) for name, value in evaluation.stats.items()}))
 
   _step(4, "predict and draw")
-  files = predict.collect_inputs(map(str, samples.images()))
-  entries = predict.predict(estimator, files, workdir / "predict")
+  files = predict.check_inputs(map(str, samples.images()))
+  entries = predict.predict(estimator, files, workdir / "predict").entries
   print(f"{len(entries)} people in {len(files)} input(s)")
   print(f"\ndone: everything is in {workdir}/ (metrics: {metrics_path}, drawings: "
         f"{workdir}/predict/)")

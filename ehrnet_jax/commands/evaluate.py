@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import pathlib
+import sys
 
 from ehrnet_jax.commands import _distributed, _runtime
 from ehrnet_jax.errors import UserError
@@ -15,8 +17,18 @@ EXAMPLE = """example:
   ehrnet evaluate ... --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   (and 1)
 
 Writes OUT/results.json (COCO results: every person found, no OKS-NMS) and OUT/metrics.json
-(pycocotools stats by name: AP, AP50, AP75, APM, APL, AR, ...; milliseconds per image split into
-network / decode / grouping; the settings). The test size is the reference's: short side = the
+(pycocotools stats by name: AP, AP50, AP75, APM, APL, AR, ...; the images scored and
+"failed_images", those that could not be read; milliseconds per image split into network /
+decode / grouping; the settings). While it runs, each process streams its images' people to
+OUT/partial/process-K.jsonl (one line per image). An unreadable image gets a warning and is
+skipped; the AP still counts it, as an image where no one was found.
+
+Resume: the same command with the same --out skips the image ids already in OUT/partial/*.jsonl
+(whatever the number of processes now) and retries failed images. A rerun with other settings
+(model, variant, data, split, scales, flip, bucket, backend) is refused; --overwrite starts over.
+
+exit status: 0 every image scored; 1 some images could not be read (listed in metrics.json);
+2 usage or setup error. The test size is the reference's: short side = the
 variant's input size rounded up to a multiple of 64 (times each scale). With --backend onnx the
 model is an `ehrnet export --format onnx` file run by onnxruntime (no JAX); its --size must hold
 every image's test size (e.g. 640x640 for H-4 on COCO, whose photos are at most 640 pixels).
@@ -44,6 +56,8 @@ def register(subparsers) -> None:
   parser.add_argument("--max-images", type=int, help="only the first N images (quick checks)")
   parser.add_argument("--bucket", type=int, help="pad network inputs to multiples of this many "
                       "pixels to compile fewer shapes (changes results slightly at the border)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="start over: drop an earlier run's results in --out instead of resuming")
   _runtime.add_arguments(parser)
   _distributed.add_arguments(parser)
   parser.set_defaults(run=run)
@@ -68,10 +82,20 @@ def run(args) -> int:
     source = coco_evaluation.tfds_dataset(args.data_dir, args.split, args.max_images)
   estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket, every_local_device=True)
   main = processes.index == 0
+  data = args.coco_dir or args.data_dir
+  resumable = {"variant": args.variant, "checkpoint": str(pathlib.Path(args.checkpoint).resolve()),
+               "data": str(pathlib.Path(data).resolve()), "split": args.split,
+               "scales": list(scales), "flip": not args.no_flip, "bucket": args.bucket,
+               "backend": args.backend, "device": args.device}
   evaluation = coco_evaluation.evaluate(estimator, source, progress=main, verbose=main,
-                                        processes=processes)
+                                        processes=processes, out_dir=args.out,
+                                        settings=resumable, overwrite=args.overwrite)
+  failed = 1 if evaluation.failed else 0
   if not main:
-    return 0
+    return failed
+  if evaluation.resumed:
+    print(f"resumed: {evaluation.resumed} image(s) came from an earlier run in {args.out}",
+          file=sys.stderr)
   settings = {"variant": args.variant, "checkpoint": str(args.checkpoint), "split": args.split,
               "scales": list(scales), "flip": not args.no_flip, "bucket": args.bucket,
               "backend": args.backend, "device": args.device, "processes": processes.count,
@@ -82,4 +106,7 @@ def run(args) -> int:
   print("ms per image (median / mean): " + ", ".join(
       f"{part} {t['median_ms']:.1f} / {t['mean_ms']:.1f}" for part, t in timing.items()))
   print(f"wrote {metrics_path} and {metrics_path.parent / 'results.json'}")
-  return 0
+  if failed:
+    print(f"warning: {len(evaluation.failed)} image(s) could not be read and were scored as "
+          f"images where no one was found (\"failed_images\" in {metrics_path})", file=sys.stderr)
+  return failed

@@ -1,6 +1,8 @@
 """`ehrnet predict`: poses on images, folders and videos -> COCO-format JSON and drawings."""
 
 import argparse
+import pathlib
+import sys
 
 from ehrnet_jax.commands import _runtime
 
@@ -10,10 +12,26 @@ EXAMPLE = """example:
       photos/ clip.mp4 --threshold 0.2 --min-score 0.1
   ehrnet predict --backend onnx h4.onnx photos/ --out runs/predict    # no JAX needed
 
-Writes OUT/predictions.json (COCO result entries plus "file_name" and, for videos, "frame"), and
-for each input a drawing with one colour per person: OUT/<name>.jpg for images, OUT/<name>.mp4 for
-videos. Folders are searched recursively for images and videos. Grayscale and RGBA images are
-converted to RGB; unreadable files stop the run with an error naming them. With --backend onnx
+Writes OUT/predictions.jsonl as it goes (one line per image or video frame: "file_name", "frame"
+for videos, "image_id", "people": its COCO result entries), at the end OUT/predictions.json (the
+COCO result entries plus "file_name" and, for videos, "frame") and OUT/failed.json (the inputs
+skipped: [{"file", "reason"}]), and for each input a drawing with one colour per person:
+OUT/<name>.jpg for images, OUT/<name>.mp4 for videos. Folders are searched recursively for images
+and videos. Grayscale, RGBA and 16-bit images are converted to 8-bit RGB.
+
+Every input is checked (exists, readable, its header decodes) before the model loads; an unreadable
+one (or one whose decoding fails later) gets a warning and is skipped, the others run.
+
+Resume: the same command with the same --out skips the images already in OUT/predictions.jsonl
+(a video is read and drawn again, but its frames already there skip the network) and retries the
+inputs that failed; the final predictions.json is the one an uninterrupted run writes. A rerun
+with other settings (model, backend, variant, scales, flip, min score, threshold, drawing) is
+refused; --overwrite starts over.
+
+exit status: 0 every input done; 1 some inputs could not be read (listed in OUT/failed.json, the
+others done); 2 usage or setup error, or with --strict the first unreadable input.
+
+With --backend onnx
 the model is an `ehrnet export --format onnx` file, given with --checkpoint or as the first
 INPUT; it runs with onnxruntime (--device cpu, cuda or tensorrt) and needs images whose
 test-time size fits its exported --size."""
@@ -41,6 +59,10 @@ def register(subparsers) -> None:
                       help="leave out people scoring below this (default 0: keep all)")
   parser.add_argument("--batch-size", type=int, default=4, help="video frames per network call")
   parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
+  parser.add_argument("--strict", action="store_true",
+                      help="stop at the first unreadable input (exit 2) instead of skipping it")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="start over: drop an earlier run's results in --out instead of resuming")
   _runtime.add_arguments(parser)
   parser.set_defaults(run=run)
 
@@ -48,11 +70,23 @@ def register(subparsers) -> None:
 def run(args) -> int:
   from ehrnet_jax.inference import predict  # pylint: disable=import-outside-toplevel
   model, inputs = _model_and_inputs(args)
-  files = predict.collect_inputs(inputs)   # bad paths fail before the model loads
+  checked = predict.check_inputs(inputs, args.strict)   # bad inputs are known before the model
   estimator = _runtime.make_estimator(args, model)
-  entries = predict.predict(estimator, files, args.out, args.threshold, args.min_score,
-                            args.batch_size, draw=not args.no_draw)
-  print(f"{len(entries)} people in {len(files)} input(s); wrote {args.out}/predictions.json")
+  settings = {"model": str(pathlib.Path(model).resolve()), "backend": args.backend,
+              "variant": args.variant, "device": args.device,
+              "scales": list(_runtime.parse_scales(args.scales)), "flip": not args.no_flip,
+              "min_score": args.min_score, "threshold": args.threshold, "draw": not args.no_draw}
+  result = predict.predict(estimator, checked, args.out, args.threshold, args.min_score,
+                           args.batch_size, draw=not args.no_draw, settings=settings,
+                           overwrite=args.overwrite, strict=args.strict)
+  print(f"{len(result.entries)} people in {len(checked) - len(result.failed)} input(s); wrote "
+        f"{args.out}/predictions.json")
+  if result.failed:
+    print(f"warning: {len(result.failed)} of {len(checked)} input(s) could not be read and were "
+          f"skipped: {', '.join(f['file'] for f in result.failed[:3])}"
+          f"{', ...' if len(result.failed) > 3 else ''} (all with reasons in "
+          f"{args.out}/failed.json)", file=sys.stderr)
+    return 1
   return 0
 
 

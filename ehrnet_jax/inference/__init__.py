@@ -2,14 +2,17 @@
 
 The backend-neutral core (NumPy, OpenCV, SciPy; no JAX, no onnxruntime):
   estimator        `PoseEstimator` (warp to the test scales, decode, group, map back), the
-                   `Decoder` protocol, reading input images
+                   `Decoder` protocol
+  inputs           input files: listed, checked from their headers, read
   host_decoder     `HostDecoder`: a `Decoder` around any backend returning NumPy maps
   transforms       test sizes, the image warp and the mapping back to the image
   aggregation      flip test, upsampling and the mean over scales (NumPy or jax.numpy)
   grouping         candidates, associative-embedding matching, adjust and refine
   coco_results     people -> COCO result entries, pycocotools scoring
   coco_evaluation  a `PoseEstimator` over a COCO split (imports pycocotools when run)
-  predict          images and videos -> JSON and drawings
+  predict          images and videos -> JSON (streamed, resumable) and drawings
+  result_log       results streamed to JSON lines, resumed, with the run's settings
+  progress         progress bars that say when they compile, one-line warnings
   drawing          skeletons, masks and heatmaps drawn on images
 The backends, each imported only by whoever chooses it:
   jax_decoder      network and decoding on device (JAX); `jax_estimator(checkpoint)`
@@ -18,7 +21,8 @@ The backends, each imported only by whoever chooses it:
 Importing this package gives the core's small public surface below; it never imports a backend.
 """
 
-from ehrnet_jax.inference.estimator import PoseEstimator, Poses, read_image
+from ehrnet_jax.inference.estimator import PoseEstimator, Poses
 from ehrnet_jax.inference.host_decoder import HostDecoder
+from ehrnet_jax.inference.inputs import read_image
 
 __all__ = ["HostDecoder", "PoseEstimator", "Poses", "read_image"]

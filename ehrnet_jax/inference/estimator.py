@@ -3,31 +3,26 @@
 `PoseEstimator` does what the reference's `valid.py` does per image: warp the image to every test
 scale, let a `Decoder` turn the warped images into maps, group each image's maps into people
 (`grouping`) and map them back to the image (`transforms`). Images whose test sizes agree
-(`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes.
+(`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes; `PoseEstimator.compiles`
+says whether a batch compiles new programs first (a progress bar says so). Input files are read
+by `inputs`.
 
 A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
 `(scale, uint8 images (B, h, w, 3))` largest scale first; its `batch_size` says how many images
-per call keep its devices busy. Two exist:
+per call keep its devices busy, `compiles` whether a call compiles first. Two exist:
 - `jax_decoder.JaxDecoder`: network and decoding on device (JAX);
 - `host_decoder.HostDecoder`: wraps any `backend(float32 images) -> (heatmaps_4, tags_4,
   heatmaps_2)` (e.g. an ONNX Runtime session, `onnx_decoder`) and aggregates with NumPy.
 """
 
 import dataclasses
-import pathlib
 import time
 from typing import Protocol
 
-import cv2
 import numpy as np
 
-from ehrnet_jax import images as images_lib
 from ehrnet_jax import keypoints as keypoints_lib
-from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import grouping, transforms
-
-# Smallest image side accepted: the network's stride.
-MIN_IMAGE_SIDE = 32
 
 
 @dataclasses.dataclass
@@ -49,6 +44,12 @@ class Decoder(Protocol):
 
   def __call__(self, pyramid: list[tuple[float, np.ndarray]],
                base_hw: tuple[int, int]) -> Maps:
+    ...
+
+  def compiles(self, sizes_wh: tuple[tuple[int, int], ...], count: int) -> bool:
+    """Whether a call on `count` images of these network input sizes (w, h per scale, largest
+    first) compiles programs first: True for shapes this decoder has not run yet if it compiles
+    per shape (JAX), always False if it does not (onnxruntime)."""
     ...
 
 
@@ -88,6 +89,10 @@ class PoseEstimator:
     return tuple(size.size_wh for _, size in
                  transforms.pyramid_sizes((w, h), self.input_size, self.scales))
 
+  def compiles(self, image_hw: tuple[int, int], count: int = 1) -> bool:
+    """Whether running `count` images of `image_hw` together compiles programs first."""
+    return self.decoder.compiles(self.input_sizes(image_hw), count)
+
   def __call__(self, images: list[np.ndarray]) -> list[Poses]:
     """`images`: RGB uint8 (h, w, 3) with the same `input_sizes` (e.g. video frames, photos of
     one aspect ratio, or just one image)."""
@@ -116,29 +121,3 @@ class PoseEstimator:
                  "grouping": time.perf_counter() - start}
       results.append(Poses(people, scores, seconds))
     return results
-
-
-def read_image(path) -> np.ndarray:
-  """Reads an image file as RGB uint8 (h, w, 3); grayscale and alpha are converted.
-
-  Raises UserError naming the file if it cannot be decoded or is smaller than 32 px (the
-  network's stride) on a side.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise UserError(f"{path}: no such image file")
-  data = path.read_bytes()
-  image = images_lib.decode_image(data) if data else None
-  if image is None:
-    raise UserError(f"{path}: cannot decode this file as an image (expected JPEG, PNG, BMP, ...)")
-  check_image_size(image, path)
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def check_image_size(image: np.ndarray, name) -> None:
-  """UserError if an image (or video frame) is smaller than the network's stride."""
-  h, w = image.shape[:2]
-  if min(h, w) < MIN_IMAGE_SIDE:
-    raise UserError(f"{name}: image is {w}x{h} pixels; at least {MIN_IMAGE_SIDE} pixels per side "
-                    "are needed (the network's stride)")
-

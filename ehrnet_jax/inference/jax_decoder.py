@@ -15,11 +15,12 @@ with black images to a multiple of the device count (`batch_size`) and sharded o
 (`NamedSharding`, axis "batch"), the variables replicated on them; the padded images' outputs are
 dropped. So a batch of a given input size compiles one program, whatever the number of images.
 
-Each jitted function compiles once per input shape. The test sizes are multiples of 64, so the
-number of shapes is already small; `bucket` (e.g. 256) pads the network input at the bottom/right
-with black up to a multiple of `bucket` and crops the outputs, so that a folder of photos of many
-aspect ratios compiles the network only once per bucket (at the price of a border effect: the
-padded pixels are seen by the convolutions near the bottom/right edge).
+Each jitted function compiles once per input shape (`JaxDecoder.compiles` says when a call will).
+The test sizes are multiples of 64, so the number of shapes is already small; `bucket` (e.g. 256)
+pads the network input at the bottom/right with black up to a multiple of `bucket` and crops the
+outputs, so that a folder of photos of many aspect ratios compiles the network only once per
+bucket (at the price of a border effect: the padded pixels are seen by the convolutions near the
+bottom/right edge).
 """
 
 import functools
@@ -107,6 +108,7 @@ class JaxDecoder:
     # NMS and top-k are separate programs: fused, XLA on CPU is 2-3x slower.
     self._nms = jax.jit(lambda maps: nms(maps[0], config.nms_kernel))
     self._top_k = jax.jit(functools.partial(_top_k_with_tags, config.max_num_people))
+    self._shapes_run: set[tuple] = set()   # `_shapes` of the calls made: their programs exist
 
   @property
   def variables(self):
@@ -118,9 +120,18 @@ class JaxDecoder:
     `training.mesh.host_copy`) on the decoder's devices."""
     self._variables = jax.device_put(variables, NamedSharding(self._mesh, PartitionSpec()))
 
+  def _shapes(self, sizes_wh, count: int) -> tuple:
+    """What the compiled programs depend on: the input sizes and the padded batch."""
+    return tuple(map(tuple, sizes_wh)), -(-count // self.batch_size) * self.batch_size
+
+  def compiles(self, sizes_wh, count: int) -> bool:
+    """True for the first call on these shapes (each jitted step compiles then)."""
+    return self._shapes(sizes_wh, count) not in self._shapes_run
+
   def __call__(self, pyramid, base_hw: tuple[int, int]) -> Maps:
     count = len(pyramid[0][1])
-    batch = -(-count // self.batch_size) * self.batch_size   # padded to fill every device
+    shapes = self._shapes([images.shape[2:0:-1] for _, images in pyramid], count)
+    batch = shapes[1]   # padded to fill every device
     sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
     start = time.perf_counter()
     outputs = [self._network(self.variables, jax.device_put(_pad_batch(images, batch), sharding))
@@ -133,6 +144,7 @@ class JaxDecoder:
     heatmaps, tags = aggregation.split_maps(np.asarray(maps)[:, :count])
     candidates = [grouping.Candidates(*parts)
                   for parts in zip(xy[:count], values[:count], candidate_tags[:count])]
+    self._shapes_run.add(shapes)
     return Maps(heatmaps, tags, candidates, network_s=network_done - start,
                 decode_s=time.perf_counter() - network_done)
 

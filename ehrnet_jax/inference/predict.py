@@ -1,16 +1,34 @@
-"""Pose prediction on images, folders and videos: COCO-format JSON and drawn skeletons.
+"""Pose prediction on images, folders and videos: COCO-format JSON, streamed and resumable, and
+drawn skeletons.
 
 Backend-agnostic (no JAX import here): it takes any `estimator.PoseEstimator`, whose decoder runs
 the network (JAX on device, or a host backend such as ONNX Runtime).
 
-Outputs in `out_dir`: `predictions.json`, a list of COCO result entries (`image_id`,
-`category_id`, `keypoints`, `score`, `bbox`) with `file_name` (and `frame` for videos) added;
-one drawn image per input image (`<stem>.jpg`) and one drawn video per input video
-(`<stem>.mp4`).
+`check_inputs` lists the inputs and checks every file's header (`inputs`), before the model loads.
+`predict` then runs every readable one; an input that turns out unreadable (or was found so) is
+warned about, skipped and listed. Outputs in `out_dir`:
+- `predictions.jsonl`: one line per image or video frame, written and flushed when it is done:
+  {"file_name", "frame" (videos), "image_id", "people": its COCO result entries};
+- `predictions.json` (at the end, atomically): the list of every image's and frame's entries
+  (`image_id`, `category_id`, `keypoints`, `score`, `bbox`, with `file_name` and, for videos,
+  `frame`), in input order;
+- `failed.json` (at the end, atomically): [{"file", "reason"}] of the inputs skipped;
+- `run.json`: the settings of the run (`result_log`);
+- one drawn image per input image (`<stem>.jpg`) and one drawn video per input video
+  (`<stem>.mp4`), each written to a temporary name and renamed when complete.
+
+Resume: run again with the same `out_dir` and settings, the images in `predictions.jsonl` are not
+run again; a video is read and drawn again, but its frames in `predictions.jsonl` skip the
+network. Inputs that failed are tried again. Image ids depend only on the input list: an image's is
+its position among the inputs (1, 2, ...), a video frame's `position * FRAME_ID_STRIDE + frame`;
+so a resumed run's `predictions.json` equals an uninterrupted one's.
 """
 
+import dataclasses
 import json
+import os
 import pathlib
+import sys
 from typing import Iterator
 
 import cv2
@@ -18,51 +36,226 @@ import numpy as np
 import tqdm
 
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.inference import coco_results, drawing
-from ehrnet_jax.inference.estimator import PoseEstimator, Poses, check_image_size, read_image
+from ehrnet_jax.inference import coco_results, drawing, result_log
+from ehrnet_jax.inference.estimator import PoseEstimator, Poses
+from ehrnet_jax.inference.inputs import (Input, UnreadableInput, check_input, check_size,
+                                         collect_inputs, is_video, read_image)
+from ehrnet_jax.inference.progress import compiling_notice, warn
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+LOG_FILE = "predictions.jsonl"
+FAILED_FILE = "failed.json"
+OUTPUTS = (LOG_FILE, "predictions.json", FAILED_FILE)
+FRAME_ID_STRIDE = 10_000_000
 
-
-def collect_inputs(paths) -> list[pathlib.Path]:
-  """Files and folders -> the image and video files to process (folders: recursive, sorted)."""
-  files = []
-  for path in map(pathlib.Path, paths):
-    if path.is_dir():
-      found = sorted(p for p in path.rglob("*")
-                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-      if not found:
-        raise UserError(f"{path}: no images or videos in this folder (looked for "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
-      files += found
-    elif path.is_file():
-      files.append(path)
-    else:
-      raise UserError(f"{path}: no such file or folder")
-  return files
+Checked = Input | UnreadableInput
 
 
-def is_video(path: pathlib.Path) -> bool:
-  return path.suffix.lower() in VIDEO_SUFFIXES
+@dataclasses.dataclass
+class Prediction:
+  """What `predict` wrote: the entries of predictions.json, the inputs skipped as unreadable
+  ({"file", "reason"}), and how many images/frames came from an earlier run."""
+  entries: list[dict]
+  failed: list[dict]
+  resumed: int
 
 
-def _open_video(path: pathlib.Path) -> cv2.VideoCapture:
-  capture = cv2.VideoCapture(str(path))
-  if not capture.isOpened():
-    raise UserError(f"{path}: cannot open this file as a video")
-  return capture
+def check_inputs(paths, strict: bool = False) -> list[Checked]:
+  """Image/video files and folders -> every file found, checked from its header (`inputs`): an
+  `Input`, or the `UnreadableInput` saying why not (warned about on stderr; with `strict`,
+  raised). UserError for a path that does not exist or a folder without images or videos."""
+  checked = []
+  for path in collect_inputs(paths):
+    try:
+      checked.append(check_input(path))
+    except UnreadableInput as error:
+      if strict:
+        raise
+      warn(f"{error}; skipped")
+      checked.append(error)
+  return checked
+
+
+def image_id(position: int, frame: int | None = None) -> int:
+  """The image id of the input at `position` (1, 2, ...), or of its video frame `frame`."""
+  return position if frame is None else position * FRAME_ID_STRIDE + frame
+
+
+def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold: float = 0.1,
+            min_score: float = 0.0, batch_size: int = 4, draw: bool = True,
+            progress: bool = True, settings: dict | None = None, overwrite: bool = False,
+            strict: bool = False) -> Prediction:
+  """Runs `estimator` on every readable image and video frame; writes the outputs (module
+  docstring).
+
+  Args:
+    estimator: the pose estimator (any backend).
+    checked: `check_inputs`'s list (its unreadable inputs are listed, not warned about again).
+    out_dir: where the outputs go (created).
+    threshold: joints with a value <= threshold are not drawn.
+    min_score: people with a lower score are left out of the JSON and the drawings.
+    batch_size: video frames per network call.
+    draw: write the drawn images/videos.
+    progress: show a progress bar (images + frames) and say what is resumed.
+    settings: the settings that change the results (JSON values, see `result_log.start`): a rerun
+      with the same `out_dir` and settings resumes, other settings are refused. None: start over.
+    overwrite: start over (remove an earlier run's outputs).
+    strict: an input found unreadable while running raises its UnreadableInput (else it is warned
+      about, skipped and listed).
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  result_log.start(out_dir, settings or {}, overwrite or settings is None, OUTPUTS)
+  done = {_key(r["file_name"], r.get("frame")): r for r in result_log.read_records(
+      out_dir / LOG_FILE)}
+  if done and progress:
+    print(f"resuming: {len(done)} image(s)/frame(s) of an earlier run are in {out_dir / LOG_FILE}"
+          "; they are not run again", file=sys.stderr)
+  names = _output_names([item.path if isinstance(item, Input) else pathlib.Path(item.file)
+                         for item in checked])
+  failed = {position: item for position, item in enumerate(checked, 1)
+            if isinstance(item, UnreadableInput)}
+  total = sum(max(item.frames, 1) if item.is_video else 1 for item in checked
+              if isinstance(item, Input))
+  with result_log.ResultLog(out_dir / LOG_FILE) as log, tqdm.tqdm(
+      total=total, unit="image", disable=not progress) as bar:
+    run = _Run(estimator, out_dir, log, bar, done, threshold, min_score, draw)
+    for position, item in enumerate(checked, 1):
+      if isinstance(item, UnreadableInput):
+        continue
+      try:
+        if item.is_video:
+          run.video(position, item, names[item.path], batch_size)
+        else:
+          run.image(position, item.path, names[item.path])
+      except UnreadableInput as error:
+        if strict:
+          raise
+        warn(f"{error}; skipped")
+        failed[position] = error
+  entries = [{**entry, "image_id": image_id(position, record.get("frame"))}
+             for position, item in enumerate(checked, 1) if isinstance(item, Input)
+             for record in run.records_of(str(item.path)) for entry in record["people"]]
+  failed_records = [failed[position].record() for position in sorted(failed)]
+  coco_results.write_text_atomically(out_dir / FAILED_FILE,
+                                     json.dumps(failed_records, indent=1) + "\n")
+  coco_results.write_results(out_dir / "predictions.json", entries)
+  return Prediction(entries, failed_records, run.resumed)
+
+
+def _key(file_name: str, frame: int | None) -> tuple[str, int]:
+  return file_name, -1 if frame is None else int(frame)
+
+
+def _output_names(paths: list[pathlib.Path]) -> dict[pathlib.Path, str]:
+  """Each input's drawing name: `<stem>.jpg` / `<stem>.mp4`, `<stem>_1...` for repeated stems,
+  numbered in input order (so that a resumed run names them as an uninterrupted one)."""
+  names, used = {}, set()
+  for path in paths:
+    suffix = ".mp4" if is_video(path) else ".jpg"
+    name, index = path.stem, 1
+    while name + suffix in used:
+      name, index = f"{path.stem}_{index}", index + 1
+    used.add(name + suffix)
+    names[path] = name + suffix
+  return names
+
+
+class _Run:
+  """One `predict` run: the images and frames done (earlier and now), and how to do the rest."""
+
+  def __init__(self, estimator, out_dir, log, bar, done, threshold, min_score, draw):
+    self.estimator, self.out_dir, self.log, self.bar = estimator, out_dir, log, bar
+    self.done, self.threshold, self.min_score, self.draw = done, threshold, min_score, draw
+    self.resumed = 0
+
+  def records_of(self, file_name: str) -> list[dict]:
+    """The records of an input, by frame."""
+    return [self.done[key] for key in sorted(k for k in self.done if k[0] == file_name)]
+
+  def _record(self, position, file_name, poses: Poses, frame=None) -> np.ndarray:
+    """Logs one image's/frame's people scoring at least `min_score`; returns them (P, J, 3)."""
+    keep = poses.scores >= self.min_score
+    people = poses.people[keep, :, :3]
+    extra = {"file_name": file_name} | ({} if frame is None else {"frame": frame})
+    entries = [{**entry, **extra} for entry in coco_results.person_results(
+        image_id(position, frame), people, poses.scores[keep])]
+    record = {**extra, "image_id": image_id(position, frame), "people": entries}
+    self.log.append(record)
+    self.done[_key(file_name, frame)] = record
+    return people
+
+  def _people(self, file_name, frame) -> np.ndarray:
+    """The people (P, J, 3) of an image/frame done earlier, from its record."""
+    joints = self.estimator.keypoint_set.num_joints
+    people = [e["keypoints"] for e in self.done[_key(file_name, frame)]["people"]]
+    return np.asarray(people, np.float32).reshape(len(people), joints, 3)
+
+  def image(self, position: int, path: pathlib.Path, name: str) -> None:
+    if _key(str(path), None) in self.done:
+      self.resumed += 1
+      self.bar.update(1)
+      return
+    image = read_image(path)
+    with compiling_notice(self.bar, self.estimator, image.shape[:2]):
+      (poses,) = self.estimator([image])
+    if self.draw:   # before the record: a logged image has its drawing
+      canvas = drawing.draw_people(image, poses.people[poses.scores >= self.min_score, :, :3],
+                                   self.estimator.keypoint_set, self.threshold)
+      temporary = self.out_dir / f".{name}.partial.jpg"
+      cv2.imwrite(str(temporary), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+      os.replace(temporary, self.out_dir / name)
+    self._record(position, str(path), poses)
+    self.bar.update(1)
+
+  def video(self, position: int, item: Input, name: str, batch_size: int) -> None:
+    file_name = str(item.path)
+    if (item.frames and all(_key(file_name, f) in self.done for f in range(item.frames))
+        and (not self.draw or (self.out_dir / name).is_file())):
+      self.resumed += item.frames
+      self.bar.update(item.frames)
+      return
+    capture = cv2.VideoCapture(file_name)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    temporary = self.out_dir / f".{name}.partial.mp4"
+    writer = None
+    frame_index = 0
+    try:
+      for frames in _frames(item.path, capture, batch_size):
+        indexes = range(frame_index, frame_index + len(frames))
+        todo = [i for i, f in enumerate(indexes) if _key(file_name, f) not in self.done]
+        poses = {}
+        if todo:
+          with compiling_notice(self.bar, self.estimator, frames[0].shape[:2], len(todo)):
+            poses = dict(zip(todo, self.estimator([frames[i] for i in todo])))
+        self.resumed += len(frames) - len(todo)
+        for i, (frame, index) in enumerate(zip(frames, indexes)):
+          people = (self._record(position, file_name, poses[i], index) if i in poses
+                    else self._people(file_name, index))
+          if self.draw:
+            if writer is None:
+              writer = _video_writer(temporary, fps, frame.shape)
+            canvas = drawing.draw_people(frame, people, self.estimator.keypoint_set,
+                                         self.threshold)
+            writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        frame_index += len(frames)
+        self.bar.update(len(frames))
+    finally:
+      capture.release()
+      if writer is not None:
+        writer.release()
+    if writer is not None:
+      os.replace(temporary, self.out_dir / name)
 
 
 def _frames(path: pathlib.Path, capture, batch_size: int) -> Iterator[list[np.ndarray]]:
-  """RGB frames of an opened video in batches; UserError if it has none."""
+  """RGB frames of an opened video in batches; UnreadableInput if it has none."""
   batch, count = [], 0
   while True:
     ok, frame = capture.read()
     if not ok:
       break
     if count == 0:
-      check_image_size(frame, path)
+      check_size(frame.shape[1], frame.shape[0], path)
     count += 1
     batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     if len(batch) == batch_size:
@@ -71,97 +264,7 @@ def _frames(path: pathlib.Path, capture, batch_size: int) -> Iterator[list[np.nd
   if batch:
     yield batch
   if count == 0:
-    raise UserError(f"{path}: the video has no readable frames")
-
-
-class _Outputs:
-  """Unique output names in `out_dir`, and the prediction entries (one image id per image/frame)."""
-
-  def __init__(self, out_dir: pathlib.Path):
-    self.out_dir = out_dir
-    self.entries: list[dict] = []
-    self._names: set[str] = set()
-    self._images = 0
-
-  def path_for(self, source: pathlib.Path, suffix: str) -> pathlib.Path:
-    name, index = source.stem, 1
-    while name + suffix in self._names:
-      name, index = f"{source.stem}_{index}", index + 1
-    self._names.add(name + suffix)
-    return self.out_dir / (name + suffix)
-
-  def add(self, poses: Poses, min_score: float, **extra) -> np.ndarray:
-    """Records one image's people scoring at least `min_score`; returns them (P, J, 3)."""
-    self._images += 1
-    keep = poses.scores >= min_score
-    people = poses.people[keep, :, :3]
-    for entry in coco_results.person_results(self._images, people, poses.scores[keep]):
-      self.entries.append({**entry, **extra})
-    return people
-
-
-def predict(estimator: PoseEstimator, paths, out_dir, threshold: float = 0.1,
-            min_score: float = 0.0, batch_size: int = 4, draw: bool = True,
-            progress: bool = True) -> list[dict]:
-  """Runs `estimator` on every image and video frame; writes `predictions.json` and drawings.
-
-  Args:
-    estimator: the pose estimator (any backend).
-    paths: image files, video files and folders of them.
-    out_dir: where the outputs go (created).
-    threshold: joints with a value <= threshold are not drawn.
-    min_score: people with a lower score are left out of the JSON and the drawings.
-    batch_size: video frames per network call.
-    draw: write the drawn images/videos.
-    progress: show a progress bar (images + frames).
-
-  Returns:
-    The entries written to `predictions.json`.
-  """
-  files = collect_inputs(paths)
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  outputs = _Outputs(out_dir)
-  captures = {f: _open_video(f) for f in files if is_video(f)}
-  total = sum(int(c.get(cv2.CAP_PROP_FRAME_COUNT)) or 1 for c in captures.values())
-  keypoint_set = estimator.keypoint_set
-  with tqdm.tqdm(total=total + len(files) - len(captures), unit="image",
-                 disable=not progress) as bar:
-    for path in files:
-      if path in captures:
-        _predict_video(estimator, path, captures.pop(path), outputs, threshold, min_score,
-                       batch_size, draw, bar)
-        continue
-      image = read_image(path)
-      people = outputs.add(estimator([image])[0], min_score, file_name=str(path))
-      if draw:
-        canvas = drawing.draw_people(image, people, keypoint_set, threshold)
-        cv2.imwrite(str(outputs.path_for(path, ".jpg")), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-      bar.update(1)
-  (out_dir / "predictions.json").write_text(json.dumps(outputs.entries))
-  return outputs.entries
-
-
-def _predict_video(estimator, path, capture, outputs, threshold, min_score, batch_size, draw,
-                   bar) -> None:
-  fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-  writer = None
-  frame_index = 0
-  try:
-    for frames in _frames(path, capture, batch_size):
-      for frame, poses in zip(frames, estimator(frames)):
-        people = outputs.add(poses, min_score, file_name=str(path), frame=frame_index)
-        frame_index += 1
-        if draw:
-          if writer is None:
-            writer = _video_writer(outputs.path_for(path, ".mp4"), fps, frame.shape)
-          canvas = drawing.draw_people(frame, people, estimator.keypoint_set, threshold)
-          writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-      bar.update(len(frames))
-  finally:
-    capture.release()
-    if writer is not None:
-      writer.release()
+    raise UnreadableInput(path, "the video has no readable frames")
 
 
 def _video_writer(path: pathlib.Path, fps: float, shape) -> cv2.VideoWriter:
