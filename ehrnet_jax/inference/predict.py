@@ -105,11 +105,12 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   result_log.start(out_dir, settings or {}, overwrite or settings is None, OUTPUTS)
-  done = {_key(r["file_name"], r.get("frame")): r for r in result_log.read_records(
-      out_dir / LOG_FILE)}
+  done: dict[str, dict[int, dict]] = {}   # file name -> frame (-1: an image) -> record
+  for record in result_log.read_records(out_dir / LOG_FILE):
+    done.setdefault(record["file_name"], {})[_frame_key(record.get("frame"))] = record
   if done and progress:
-    print(f"resuming: {len(done)} image(s)/frame(s) of an earlier run are in {out_dir / LOG_FILE}"
-          "; they are not run again", file=sys.stderr)
+    print(f"resuming: {sum(map(len, done.values()))} image(s)/frame(s) of an earlier run are in "
+          f"{out_dir / LOG_FILE}; they are not run again", file=sys.stderr)
   names = _output_names([item.path if isinstance(item, Input) else pathlib.Path(item.file)
                          for item in checked])
   failed = {position: item for position, item in enumerate(checked, 1)
@@ -142,8 +143,8 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
   return Prediction(entries, failed_records, run.resumed)
 
 
-def _key(file_name: str, frame: int | None) -> tuple[str, int]:
-  return file_name, -1 if frame is None else int(frame)
+def _frame_key(frame: int | None) -> int:
+  return -1 if frame is None else int(frame)
 
 
 def _output_names(paths: list[pathlib.Path]) -> dict[pathlib.Path, str]:
@@ -170,7 +171,11 @@ class _Run:
 
   def records_of(self, file_name: str) -> list[dict]:
     """The records of an input, by frame."""
-    return [self.done[key] for key in sorted(k for k in self.done if k[0] == file_name)]
+    records = self.done.get(file_name, {})
+    return [records[frame] for frame in sorted(records)]
+
+  def _has(self, file_name: str, frame: int | None = None) -> bool:
+    return _frame_key(frame) in self.done.get(file_name, {})
 
   def _record(self, position, file_name, poses: Poses, frame=None) -> np.ndarray:
     """Logs one image's/frame's people scoring at least `min_score`; returns them (P, J, 3)."""
@@ -181,17 +186,17 @@ class _Run:
         image_id(position, frame), people, poses.scores[keep])]
     record = {**extra, "image_id": image_id(position, frame), "people": entries}
     self.log.append(record)
-    self.done[_key(file_name, frame)] = record
+    self.done.setdefault(file_name, {})[_frame_key(frame)] = record
     return people
 
   def _people(self, file_name, frame) -> np.ndarray:
     """The people (P, J, 3) of an image/frame done earlier, from its record."""
     joints = self.estimator.keypoint_set.num_joints
-    people = [e["keypoints"] for e in self.done[_key(file_name, frame)]["people"]]
+    people = [e["keypoints"] for e in self.done[file_name][_frame_key(frame)]["people"]]
     return np.asarray(people, np.float32).reshape(len(people), joints, 3)
 
   def image(self, position: int, path: pathlib.Path, name: str) -> None:
-    if _key(str(path), None) in self.done:
+    if self._has(str(path)):
       self.resumed += 1
       self.bar.update(1)
       return
@@ -209,7 +214,7 @@ class _Run:
 
   def video(self, position: int, item: Input, name: str, batch_size: int) -> None:
     file_name = str(item.path)
-    if (item.frames and all(_key(file_name, f) in self.done for f in range(item.frames))
+    if (item.frames and all(self._has(file_name, f) for f in range(item.frames))
         and (not self.draw or (self.out_dir / name).is_file())):
       self.resumed += item.frames
       self.bar.update(item.frames)
@@ -222,7 +227,7 @@ class _Run:
     try:
       for frames in _frames(item.path, capture, batch_size):
         indexes = range(frame_index, frame_index + len(frames))
-        todo = [i for i, f in enumerate(indexes) if _key(file_name, f) not in self.done]
+        todo = [i for i, f in enumerate(indexes) if not self._has(file_name, f)]
         poses = {}
         if todo:
           with compiling_notice(self.bar, self.estimator, frames[0].shape[:2], len(todo)):
