@@ -28,10 +28,12 @@ Resume: the same command with the same --out skips the image ids already in OUT/
 (model, variant, data, split, scales, flip, bucket, backend) is refused; --overwrite starts over.
 
 exit status: 0 every image scored; 1 some images could not be read (listed in metrics.json);
-2 usage or setup error. The test size is the reference's: short side = the
-variant's input size rounded up to a multiple of 64 (times each scale). With --backend onnx the
-model is an `ehrnet export --format onnx` file run by onnxruntime (no JAX); its --size must hold
-every image's test size (e.g. 640x640 for H-4 on COCO, whose photos are at most 640 pixels).
+2 usage or setup error.
+
+The test size is the reference's: short side = the variant's input size rounded up to a multiple
+of 64 (times each scale). With --backend onnx the model is an `ehrnet export --format onnx` file
+run by onnxruntime (no JAX); its --size must hold every image's test size (e.g. 640x640 for H-4 on
+COCO, whose photos are at most 640 pixels).
 
 With --backend jax the images of one test size run in batches of one image per local device, and
 several processes (--coordinator or --distributed, as for `ehrnet train`) share the images; process
