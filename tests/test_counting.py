@@ -32,7 +32,21 @@ def test_xla_flops_are_within_one_percent_of_twice_the_macs(capsys):
   (row,) = json.loads(capsys.readouterr().out)
   assert (row["name"], row["phi"], row["input_size"]) == ("H-4", -4.0, 384)
   assert row["params"] == REFERENCE["H-4"]["params"]
+  # XLA counts a convolution only where its window lies inside the input (fvcore over every
+  # output position) and adds the element-wise work: within 1% of 2 x MACs for these networks.
   assert row["flops"] == pytest.approx(2 * REFERENCE["H-4"]["macs"], rel=0.01)
+  # The paper's AP with its split and table (Table 4: val2017; Table 3: test-dev).
+  assert row["paper_ap"] == {"val2017 (Table 4)": 35.7, "test-dev (Table 3)": 35.5,
+                             "test-dev multi-scale (Table 3)": 39.7}
+
+
+@pytest.mark.slow
+def test_info_table_names_the_paper_ap_split_and_table(capsys):
+  assert main(["info", "--variant", "H0", "--variant", "phi=-0.5"]) == 0
+  header, _, h0, interpolated = capsys.readouterr().out.splitlines()
+  assert "AP val2017 (T4)" in header and "AP test-dev s/m (T3)" in header
+  assert h0.split()[-4:] == ["64.8", "64.0", "/", "67.1"]
+  assert interpolated.split()[-2:] == ["-", "-"]   # no paper figures between published models
 
 
 @pytest.mark.slow
