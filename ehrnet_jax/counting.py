@@ -1,4 +1,8 @@
-"""Parameter and compute counts: the true numbers and the paper's counting convention.
+"""Parameter and compute counts, counted live: the true numbers and the paper's convention.
+
+Counting traces the network with JAX (1-3 s per model on 2 cores, after ~3 s importing JAX and
+Flax); `ehrnet_jax.stored_counts` holds these functions' results for the published models, which
+`ehrnet info` reads instead.
 
 * Parameters: the exact count of trainable parameters (equal to the reference's
   `model.parameters()`).
