@@ -14,6 +14,10 @@ any such state dict (a classifier or the pose model), reporting which keys it us
 """
 
 import pathlib
+import pickle
+import re
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -131,7 +135,8 @@ def classifier_key_map(spec: ScalingSpec) -> list[Entry]:
 
 
 def normalise_state_dict(state_dict: Mapping, source: str) -> dict[str, np.ndarray]:
-  """Unwraps `{"state_dict": ...}` and strips DataParallel/DDP `module.` prefixes."""
+  """Unwraps `{"state_dict": ...}` and strips DataParallel/DDP `module.` prefixes; every value
+  must be a tensor or a numeric array."""
   if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
     state_dict = state_dict["state_dict"]
   arrays = {}
@@ -141,19 +146,41 @@ def normalise_state_dict(state_dict: Mapping, source: str) -> dict[str, np.ndarr
     name = key.removeprefix("module.")
     if name in arrays:
       raise UserError(f"{source}: key {name!r} appears twice (with and without 'module.')")
-    arrays[name] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    arrays[name] = _numeric_array(value, f"{source}: {key!r}")
   return arrays
 
 
+def _numeric_array(value, where: str) -> np.ndarray:
+  if hasattr(value, "numpy") and hasattr(value, "is_floating_point"):   # a torch tensor
+    value = (value.float() if value.is_floating_point() else value).numpy()   # bfloat16 too
+  array = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, int, float)) else None
+  if array is None or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    raise UserError(f"{where} is a {type(value).__name__}, not a tensor; expected a state dict "
+                    "(names -> tensors of numbers)")
+  return array
+
+
+REFUSED_PTH = ("{path}: refused: its pickle would run Python code{what} rather than hold only "
+               "tensors, and ehrnet loads nothing but a state dict of tensors. Use the authors' "
+               "released file; if you made this one, save only the tensors: "
+               "torch.save(model.state_dict(), PATH)")
+UNREADABLE = ("{path}: cannot read it as {kind} (truncated, damaged or another kind of file?); "
+              "expected the authors' .pth state dict or an .npz of the same names -> arrays")
+
+
 def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads a `.pth`/`.pt`/`.tar` (PyTorch, weights only) or `.npz` state dict as NumPy arrays."""
+  """Reads a `.pth`/`.pt`/`.tar` (PyTorch, tensors only) or `.npz` (numeric arrays only) state
+  dict as NumPy arrays.
+
+  Nothing in the file is ever run or unpickled: a `.pth` whose pickle names any code, or an
+  `.npz` holding object arrays, is refused with a `UserError`, as is a truncated or foreign file.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserError(f"{path}: no such file (expected the authors' .pth state dict or an .npz "
                     "with the same key names)")
   if path.suffix == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      return normalise_state_dict(dict(data), str(path))
+    return normalise_state_dict(_read_npz(path), str(path))
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -161,14 +188,42 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
                     "`pip install -e '.[torch]'` (or convert the file to .npz)") from None
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # torch raises many types for corrupt or non-weights files
-    raise UserError(f"{path}: not a readable PyTorch weights file ({error}); pass the "
-                    "authors' released .pth state dict or an .npz with the same key names") \
+  except pickle.UnpicklingError as error:
+    # PyTorch's message advises loading the file unsafely; it is never relayed.
+    if "weights only load failed" not in str(error).lower():
+      raise UserError(UNREADABLE.format(path=path, kind="a PyTorch file")) from None
+    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    raise UserError(REFUSED_PTH.format(path=path, what=f" ({code[1]})" if code else "")) \
         from None
+  except Exception:  # pylint: disable=broad-except  # torch raises many types for bad files
+    raise UserError(UNREADABLE.format(path=path, kind="a PyTorch file")) from None
   if not isinstance(loaded, Mapping):
     raise UserError(f"{path}: expected a state dict (a mapping of names to tensors), "
                     f"found {type(loaded).__name__}")
   return normalise_state_dict(loaded, str(path))
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The arrays of an .npz archive, after checking every header: object arrays (pickles) are
+  refused by name, before NumPy reads any data."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      for member in archive.namelist():
+        with archive.open(member) as stream:
+          version = np.lib.format.read_magic(stream)
+          read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                         else np.lib.format.read_array_header_2_0)
+          if read_header(stream)[2].hasobject:
+            raise UserError(
+                f"{path}: array {member.removesuffix('.npy')!r} holds Python objects (a pickle), "
+                "which ehrnet never loads; expected numeric arrays only. If you made the file, "
+                "save numbers: np.savez(PATH, **{name: np.asarray(a, np.float32) ...})")
+    with np.load(path, allow_pickle=False) as data:
+      return {name: data[name] for name in data.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    if isinstance(error, UserError):
+      raise
+    raise UserError(UNREADABLE.format(path=path, kind="an .npz archive")) from None
 
 
 def _get(tree: Mapping, path: Path):

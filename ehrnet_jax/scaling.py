@@ -40,6 +40,20 @@ PUBLISHED_MULTIPLIERS = {  # phi: (width_mult, depth_mult)
 }
 VARIANT_NAMES = {f"H{phi}": phi for phi in PUBLISHED_MULTIPLIERS}
 
+# The paper's COCO keypoint AP of the authors' released models (Neff et al., EfficientHRNet,
+# arXiv 2007.08090), each figure named by its split and table: Table 4 gives COCO val2017
+# (single-scale), Table 3 COCO test-dev single-scale and multi-scale (the authors' README repeats
+# Table 3's pair without naming the split). Source: the paper's tables as quoted in issue 23 (they
+# are not in ../shared/docs); nothing else of those tables is used here.
+PAPER_AP_SPLITS = ("val2017 (Table 4)", "test-dev (Table 3)", "test-dev multi-scale (Table 3)")
+PAPER_AP = {  # phi: AP per PAPER_AP_SPLITS
+    0: (64.8, 64.0, 67.1),
+    -1: (59.2, 59.1, 62.3),
+    -2: (52.9, 52.8, 55.0),
+    -3: (44.8, 44.5, 45.5),
+    -4: (35.7, 35.5, 39.7),
+}
+
 # The backbone-only classifiers of the paper's Table 2 (B0 ... B-4) and their input sizes as the
 # table lists them. Its formula ceil(224 * 1.15**phi) gives 148 and 129 for B-3 and B-4; the
 # table's 145 and 128 are used for the named variants, the formula for any other phi.
@@ -155,6 +169,13 @@ class ScalingSpec:
   def variant_arg(self) -> str:
     """What `from_name` (and so `--variant`) takes for this model: "H-2", or "phi=-2.5"."""
     return self.name if self.name in VARIANT_NAMES else f"phi={self.phi:g}"
+
+  @property
+  def paper_ap(self) -> dict[str, float] | None:
+    """The paper's COCO AP of this published model per split and table, or None (other phi)."""
+    if self.name not in VARIANT_NAMES:
+      return None
+    return dict(zip(PAPER_AP_SPLITS, PAPER_AP[VARIANT_NAMES[self.name]]))
 
   @property
   def num_backbone_blocks(self) -> int:

@@ -80,14 +80,18 @@ def _stored_metadata(directory: pathlib.Path) -> tuple[dict, str]:
   if legacy.is_file():
     try:
       return json.loads(legacy.read_text()), LEGACY_FORMAT
-    except json.JSONDecodeError as error:
-      raise UserError(f"{legacy} is corrupt ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      raise UserError(f"{legacy} is corrupt ({_one_line(error)})") from None
   if not directory.is_dir():
     raise _not_a_checkpoint(directory)
   try:
     restored = _checkpointer().restore(directory, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore()))
-  except (FileNotFoundError, KeyError, ValueError):
+  except (FileNotFoundError, KeyError, ValueError) as error:
+    if (directory / "metadata").is_dir():   # the item is there but cannot be read
+      raise UserError(f"{directory}: its metadata item (metadata/) is damaged "
+                      f"({_one_line(error)}); expected the JSON that `ehrnet convert` or "
+                      "`ehrnet train` writes: re-create the checkpoint") from None
     raise _not_a_checkpoint(directory) from None
   return restored.metadata, FORMAT
 
@@ -96,14 +100,18 @@ def read_metadata(directory: str | os.PathLike) -> dict:
   """The checkpoint's metadata, checked: format, variant, phi, source, [num_classes]."""
   directory = pathlib.Path(directory).absolute()
   metadata, expected_format = _stored_metadata(directory)
+  found_format = metadata.get("format") if isinstance(metadata, dict) else None
+  if found_format != expected_format:
+    raise UserError(f"{directory}: its metadata has format {found_format!r}, not "
+                    f"{expected_format!r}: not a checkpoint of this version of ehrnet_jax (made "
+                    "by another program or a newer version?); re-create it with `ehrnet convert` "
+                    "or `ehrnet train`")
   try:
-    if metadata.get("format") != expected_format:
-      raise UserError(f"{directory}: format {metadata.get('format')!r}, expected "
-                      f"{expected_format!r}")
     float(metadata["phi"])
     return metadata
-  except (AttributeError, KeyError, TypeError, ValueError) as error:
-    raise UserError(f"{directory}: its metadata is corrupt ({error!r})") from None
+  except (KeyError, TypeError, ValueError) as error:
+    raise UserError(f"{directory}: its metadata is corrupt ({error!r}); expected a number "
+                    "under 'phi'") from None
 
 
 def read_spec(directory: str | os.PathLike) -> ScalingSpec:
@@ -125,10 +133,35 @@ def _restore(directory: pathlib.Path, spec: ScalingSpec, num_classes: int | None
   try:
     return _checkpointer().restore(directory, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(target))).variables
-  except (ValueError, KeyError, FileNotFoundError) as error:
-    raise UserError(f"{directory}: its variables do not fit {name} as this version of "
-                    f"ehrnet_jax builds it ({error}); re-create it with `ehrnet convert` or "
-                    "`ehrnet train`") from None
+  except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+    stored = _stored_shapes(directory / "variables")
+    if stored is not None and stored != _shapes(target):
+      raise UserError(f"{directory}: its variables do not fit {name} as this version of "
+                      f"ehrnet_jax builds it ({_one_line(error)}); re-create it with `ehrnet "
+                      "convert` or `ehrnet train`") from None
+    raise UserError(f"{directory}: its variables cannot be read: a file under variables/ is "
+                    f"truncated or missing ({_one_line(error)}); copy the whole directory again "
+                    "or re-create it with `ehrnet convert` or `ehrnet train`") from None
+
+
+def _shapes(tree) -> dict:
+  """{key path: shape} of a tree of arrays or array metadata."""
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _stored_shapes(item: pathlib.Path) -> dict | None:
+  """The {key path: shape} orbax recorded for a saved tree, or None when it cannot be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(item).item_metadata
+    return _shapes(metadata.tree if hasattr(metadata, "tree") else metadata) or None
+  except (ValueError, KeyError, OSError, AttributeError):
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+  """An error's message on one line (messages of other libraries may span several)."""
+  return " ".join(str(error).split())
 
 
 def load_variables(directory: str | os.PathLike, expected: ScalingSpec | None = None

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from ehrnet_jax import samples, weights
 from ehrnet_jax.cli import build_parser, main
+from ehrnet_jax.commands import demo
 from support import coco_testing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -61,6 +63,7 @@ def test_demo_runs_every_stage_on_the_bundled_data(tmp_path, capsys, monkeypatch
   np.testing.assert_allclose([k for _, _, k in found], [k for _, _, k in scored], atol=1e-3)
   assert sorted(p.name for p in (workdir / "predict").glob("*.jpg")) == sorted(ids.values())
   assert "done: everything is in" in printed
+  assert printed.rstrip().endswith(demo.CLOSING_WORDS.strip())
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -74,16 +77,35 @@ def test_user_errors_are_one_line_messages(argv, message, capsys):
 
 
 @pytest.mark.slow
-def test_benchmark_replaces_its_section_of_the_markdown_file(tmp_path, capsys):
+def test_benchmark_prints_its_table_and_writes_only_when_asked(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  argv = ["benchmark", "--variant", "H-4", "--size", "64", "--batch", "2", "--repeats", "2",
+          "--warmup", "0"]
+  assert main(argv) == 0
+  assert list(tmp_path.iterdir()) == []   # no BENCHMARKS.md (or anything) in the current folder
+  (printed,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| H-4 |")]
+  _, variant, size, compile_s, median, minimum, throughput, _ = printed.split("|")
+  assert (variant.strip(), size.strip()) == ("H-4", "64")
+  assert float(compile_s) > 0 and 0 < float(minimum) <= float(median)
+  assert float(throughput) > 0
+  # --write FILE replaces the section between the markers and keeps the rest of the file.
   report = tmp_path / "BENCH.md"
   report.write_text("# Figures\n\nkept before\n\n<!-- ehrnet-benchmark:begin -->\nold table\n"
                     "<!-- ehrnet-benchmark:end -->\n\nkept after\n")
-  assert main(["benchmark", "--variant", "H-4", "--size", "64", "--batch", "2", "--repeats", "2",
-               "--warmup", "0", "--write", str(report)]) == 0
+  assert main([*argv, "--write", str(report)]) == 0
   text = report.read_text()
   assert "kept before" in text and "kept after" in text and "old table" not in text
   (row,) = [line for line in text.splitlines() if line.startswith("| H-4 |")]
-  _, variant, size, compile_s, median, minimum, throughput, _ = row.split("|")
-  assert (variant.strip(), size.strip()) == ("H-4", "64")
-  assert float(compile_s) > 0 and 0 < float(minimum) <= float(median)
-  assert float(throughput) > 0 and row in capsys.readouterr().out
+  assert row in capsys.readouterr().out
+
+
+def test_demo_closing_words_give_commands_that_parse():
+  """The demo's last words say how to get real predictions: convert the authors' weights, then
+  predict with the converted checkpoint; both command lines parse as written."""
+  commands = [line.strip() for line in demo.CLOSING_WORDS.splitlines()
+              if line.strip().startswith("ehrnet ")]
+  assert "AP near 0 is expected" in demo.CLOSING_WORDS
+  convert_args, predict_args = (build_parser().parse_args(shlex.split(c)[1:]) for c in commands)
+  assert (convert_args.command, predict_args.command) == ("convert", "predict")
+  assert convert_args.source.endswith(".pth") and convert_args.variant == predict_args.variant
+  assert predict_args.checkpoint == convert_args.out and predict_args.inputs

@@ -3,13 +3,15 @@
 import argparse
 
 EXAMPLE = """example:
-  ehrnet benchmark                              # H0 ... H-4, writes BENCHMARKS.md
-  ehrnet benchmark --variant H-4 --batch 8 --repeats 30 --write none
+  ehrnet benchmark                              # H0 ... H-4, prints the table
+  ehrnet benchmark --variant H-4 --batch 8 --repeats 30
+  ehrnet benchmark --write BENCHMARKS.md        # also puts the table into that file
 
 Latency: jitted eval network, batch 1, native input, median of --repeats runs after --warmup
 runs; compile time reported apart. Throughput: the same at --batch. Random weights and inputs
-(speed does not depend on them). The table replaces the section between the ehrnet-benchmark
-markers of --write (created if missing)."""
+(speed does not depend on them). The table is printed; with --write FILE it also replaces the
+section between the ehrnet-benchmark markers of FILE (the section is appended, or the file
+created, when missing). No file is written without --write."""
 
 BEGIN, END = "<!-- ehrnet-benchmark:begin -->", "<!-- ehrnet-benchmark:end -->"
 
@@ -28,8 +30,8 @@ def register(subparsers) -> None:
                                                        "accelerator_inference", "export"),
                       help="execution form (ehrnet_jax.models.ExecutionForm; auto: the fastest "
                            "inference form on this backend)")
-  parser.add_argument("--write", default="BENCHMARKS.md",
-                      help="markdown file to update with the table ('none' to skip)")
+  parser.add_argument("--write", metavar="FILE",
+                      help="also put the table into this markdown file (default: print only)")
   parser.set_defaults(run=run)
 
 
@@ -65,7 +67,7 @@ def run(args) -> int:
     rows.append(f"| {spec.name} | {size} | {latency.compile_s:.1f} | "
                 f"{latency.median_ms:.1f} | {latency.min_ms:.1f} | {throughput.images_per_s:.2f} |")
     print(rows[-1], flush=True)
-  if args.write != "none":
+  if args.write:
     timing.replace_section(args.write, BEGIN, END, "\n".join(rows))
     print(f"wrote the table to {args.write}")
   return 0

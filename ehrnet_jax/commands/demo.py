@@ -6,10 +6,25 @@
    images;
 3. evaluates the trained model on those images with pycocotools;
 4. predicts on them and draws the skeletons.
-Twenty CPU steps learn next to nothing: the point is that every stage runs end to end.
+Twenty CPU steps learn next to nothing: the point is that every stage runs end to end. The demo
+ends by saying so and how to get real predictions (`CLOSING_WORDS`).
 """
 
 import argparse
+
+# The authors' COCO weights: the "Pretrained Models" section of their README links a Google Drive
+# folder with H0 ... H-4 (github.com/TeCSAR-UNCC/EfficientHRNet at 802cc95).
+REAL_PREDICTIONS = ("ehrnet convert H-4.pth --variant H-4 --out checkpoints/H-4",
+                    "ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict "
+                    "photos/")
+CLOSING_WORDS = f"""
+What the numbers mean: the model trained for a few CPU steps from random weights, so it finds
+no people or spurious ones, and an AP near 0 is expected; the demo shows that every stage runs.
+For real predictions, download the authors' COCO weights of a model (H0 ... H-4, linked under
+"Pretrained Models" in https://github.com/TeCSAR-UNCC/EfficientHRNet), e.g. H-4 saved as H-4.pth,
+then (reading .pth files needs `pip install -e '.[torch]'`):
+  {REAL_PREDICTIONS[0]}
+  {REAL_PREDICTIONS[1]}"""
 
 EXAMPLE = """example (from the repository root):
   ehrnet demo                               # writes runs/demo/
@@ -82,6 +97,7 @@ def run(args) -> int:
   print(f"{len(entries)} people in {len(files)} input(s)")
   print(f"\ndone: everything is in {workdir}/ (metrics: {metrics_path}, drawings: "
         f"{workdir}/predict/)")
+  print(CLOSING_WORDS)
   return 0
 
 
