@@ -82,8 +82,12 @@ def run(args) -> int:
     source = coco_evaluation.coco_folder(args.coco_dir, args.split, args.max_images)
   else:
     source = coco_evaluation.tfds_dataset(args.data_dir, args.split, args.max_images)
-  estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket, every_local_device=True)
   main = processes.index == 0
+  if source.unreadable and main:
+    first = next(iter(source.unreadable.values()))
+    print(f"warning: {len(source.unreadable)} of {len(source.image_ids)} images cannot be read "
+          f"(first: {first}); they are scored as images where no one was found", file=sys.stderr)
+  estimator = _runtime.make_estimator(args, args.checkpoint, args.bucket, every_local_device=True)
   data = args.coco_dir or args.data_dir
   resumable = {"variant": args.variant, "checkpoint": str(pathlib.Path(args.checkpoint).resolve()),
                "data": str(pathlib.Path(data).resolve()), "split": args.split,

@@ -35,7 +35,8 @@ from ehrnet_jax import images as images_lib
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_results, result_log
 from ehrnet_jax.inference.estimator import PoseEstimator
-from ehrnet_jax.inference.inputs import NOT_AN_IMAGE, UnreadableInput, read_image, to_uint8
+from ehrnet_jax.inference.inputs import (NOT_AN_IMAGE, UnreadableInput, check_input, read_image,
+                                         to_uint8)
 from ehrnet_jax.inference.progress import compiling_notice, warn
 
 TFDS_SPLITS = {"val2017": "validation", "train2017": "train"}
@@ -54,13 +55,16 @@ class Source:
   ground_truth: object          # pycocotools.coco.COCO
   image_ids: list[int]
   images: Callable[[Sequence[int]], Iterator[tuple[int, np.ndarray | UnreadableInput]]]
+  # The images found unreadable before any ran (a folder's headers checked), by image id.
+  unreadable: dict[int, UnreadableInput] = dataclasses.field(default_factory=dict)
 
 
 def coco_folder(root, split: str = "val2017", max_images: int | None = None,
                 image_ids=None) -> Source:
   """A COCO folder: `root/annotations/person_keypoints_{split}.json` and `root/{split}/`.
 
-  All images of the split (or only `image_ids`), in id order, at most `max_images`.
+  All images of the split (or only `image_ids`), in id order, at most `max_images`. Every
+  image's header is checked first (`Source.unreadable`).
   """
   root = pathlib.Path(root)
   ground_truth = coco_results.load_ground_truth(_annotation_file(root, split))
@@ -68,15 +72,24 @@ def coco_folder(root, split: str = "val2017", max_images: int | None = None,
     raise UserError(f"{root / split}: image folder not found; --coco-dir must hold the images of "
                     f"split {split} in {split}/")
   image_ids = sorted(ground_truth.imgs if image_ids is None else image_ids)[:max_images]
+  path_of = {i: root / split / ground_truth.imgs[i]["file_name"] for i in image_ids}
+  unreadable = {}
+  for image_id, path in path_of.items():
+    try:
+      check_input(path)
+    except UnreadableInput as error:
+      unreadable[image_id] = error
 
   def images(ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray | UnreadableInput]]:
     for image_id in ids:
       try:
-        yield image_id, read_image(root / split / ground_truth.imgs[image_id]["file_name"])
+        if image_id in unreadable:
+          raise unreadable[image_id]
+        yield image_id, read_image(path_of[image_id])
       except UnreadableInput as error:
         yield image_id, error
 
-  return Source(ground_truth, image_ids, images)
+  return Source(ground_truth, image_ids, images, unreadable)
 
 
 def _annotation_file(root: pathlib.Path, split: str) -> pathlib.Path:
