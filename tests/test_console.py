@@ -2,7 +2,9 @@
 
 Fresh processes, as a user runs them: TensorFlow, absl, TFDS, orbax and pycocotools print their
 start-up and progress lines only in a process that loads them for the first time. Every line
-must be one of the command's own (an allow-list of their shapes) or a tqdm progress bar.
+must be one of the command's own (an allow-list of their shapes) or a tqdm progress bar
+(`support.console_lines`; `ehrnet train`'s lines are checked on the single-process run of
+tests/test_train_spmd.py, which builds the TFDS data, saves without metrics and evaluates).
 """
 
 import os
@@ -15,20 +17,15 @@ import pytest
 
 from ehrnet_jax import samples, weights
 from ehrnet_jax.scaling import ScalingSpec
+from support import console_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Only against a hung subprocess, not a speed limit.
 HANG_GUARD_S = 900
 
-PROGRESS_BAR = re.compile(r"\s*\d+%\|.*\| *\d+/\d+ \[.*\]\s*")
 PREDICT_LINES = re.compile(r"running .+: H-4, from test weights; JAX on cpu \(1 device\(s\)\), "
                            r"execution form cpu_inference"
                            r"|\d+ people in \d+ input\(s\).*")
-TRAIN_LINES = re.compile(r"training: (new run in|resuming|the run in) .+"
-                         r"|building the dataset of .+ \(once\)"
-                         r"|jax [\d.]+, backend cpu, .+"        # run_conditions
-                         r"|step \d+: ap [\d.]+, ap50 [\d.]+, ar [\d.]+"
-                         r'|\{"workdir": .+\}')
 
 
 def _ehrnet(*args: str, cache_env: dict[str, str] | None = None,
@@ -48,15 +45,6 @@ def _ehrnet(*args: str, cache_env: dict[str, str] | None = None,
   return result
 
 
-def _foreign_lines(result: subprocess.CompletedProcess, own: re.Pattern) -> list[str]:
-  """The lines of stdout and stderr (bars split at carriage returns) that are neither `own` nor
-  a progress bar."""
-  text = (result.stdout + "\n" + result.stderr).replace("\x1b[A", "")  # tqdm's cursor-up
-  lines = (line.strip() for line in re.split(r"[\r\n]", text))
-  return [line for line in lines
-          if line and not own.fullmatch(line) and not PROGRESS_BAR.fullmatch(line)]
-
-
 def _entries(directory: pathlib.Path) -> set[str]:
   return {p.name for p in directory.iterdir()} if directory.exists() else set()
 
@@ -74,7 +62,7 @@ def test_predict_prints_its_own_lines_and_reuses_its_compiled_programs(checkpoin
   cache = tmp_path / "cache"
   first = _ehrnet(*predict, str(tmp_path / "out1"), "--compilation-cache", str(cache),
                   cache_env={}, tmp_path=tmp_path)
-  assert _foreign_lines(first, PREDICT_LINES) == []
+  assert console_lines.foreign_lines(first.stdout + first.stderr, PREDICT_LINES) == []
   assert "running " in first.stderr
   stored = _entries(cache)
   assert stored   # the network, the decoding's programs
@@ -92,18 +80,13 @@ def test_predict_prints_its_own_lines_and_reuses_its_compiled_programs(checkpoin
 
 
 @pytest.mark.slow
-def test_train_prints_its_own_lines_and_verbose_the_libraries_too(tmp_path):
-  """Fresh run (TFDS build, an orbax save without metrics, the COCO evaluation's pycocotools
-  index), then resumed with --verbose: pycocotools' index lines are back."""
-  workdir = tmp_path / "train"
-  settings = ["model.input_size=64", "run.log_every_steps=1", "run.checkpoint_every_steps=1",
-              "run.eval_every_steps=0", "run.eval_max_images=1"]
-  train = ["train", "--config", "experiments/smoke.py", "--workdir", str(workdir),
-           *[arg for setting in settings for arg in ("--set", setting)]]
-  fresh = _ehrnet(*train, "--set", "train.steps=2", tmp_path=tmp_path)
-  assert _foreign_lines(fresh, TRAIN_LINES) == []
-  assert f"training: new run in {workdir}" in fresh.stderr
-
-  verbose = _ehrnet(*train, "--set", "train.steps=3", "--verbose", tmp_path=tmp_path)
-  assert f"training: resuming {workdir} at step 2 of 3" in verbose.stderr
-  assert "creating index..." in _foreign_lines(verbose, TRAIN_LINES)
+def test_verbose_shows_the_libraries_lines(tmp_path):
+  """`ehrnet data` builds the TFDS dataset of the bundled samples: TFDS's own lines are hidden,
+  and shown with --verbose (given after the sub-command)."""
+  data = ["data", "--coco-dir", str(samples.coco_dir())]
+  quiet = _ehrnet(*data, "--data-dir", str(tmp_path / "quiet"), tmp_path=tmp_path)
+  verbose = _ehrnet(*data, "--data-dir", str(tmp_path / "verbose"), "--verbose",
+                    tmp_path=tmp_path)
+  tfds_line = "Downloading and preparing dataset"
+  assert tfds_line not in quiet.stdout + quiet.stderr
+  assert tfds_line in verbose.stdout
