@@ -51,7 +51,11 @@ def h4_variables():
 def jax_compilation_cache(tmp_path_factory):
   """One persistent XLA compilation cache for the whole session, the notebooks' kernels and the
   CLI's subprocesses included: a program compiled by one test (the smoke config's training
-  step, the H-4 network at a photo's size) is loaded by the next instead of compiled again."""
+  step, the H-4 network at a photo's size) is loaded by the next instead of compiled again.
+  Per pytest-xdist worker (each has its own session). The `ehrnet` CLI's default cache (in
+  XDG_CACHE_HOME) is pointed at a temporary folder too, for processes that drop this one (the
+  multi-process training test): nothing reaches the user's own cache."""
+  os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
   directory = str(tmp_path_factory.mktemp("jax_cache"))
   os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"

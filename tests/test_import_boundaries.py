@@ -197,3 +197,25 @@ def test_everything_but_the_onnx_export_imports_without_the_export_extra(tmp_pat
                           capture_output=True, text=True, timeout=600,  # a hang guard
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+# What `ehrnet predict --backend jax` imports: the CLI, the command, the JAX decoder and the
+# checkpoint reader, then JAX's backend, as the command does before its first image.
+PREDICT_IMPORTS = r'''
+import sys
+from ehrnet_jax import cli
+from ehrnet_jax.commands import _runtime, predict
+from ehrnet_jax.inference import jax_decoder, predict as predict_lib
+from ehrnet_jax import weights
+import jax
+jax.devices()
+print(",".join(sorted(m for m in ("tensorflow", "tensorflow_datasets", "grain", "pycocotools",
+                                  "optax") if m in sys.modules)))
+'''
+
+
+def test_predict_imports_no_tensorflow_tfds_grain_pycocotools_or_optax():
+  """They cost seconds at start-up (TensorFlow alone several) and predict needs none of them."""
+  result = subprocess.run([sys.executable, "-c", PREDICT_IMPORTS], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, check=True)  # a hang guard
+  assert result.stdout.strip() == ""

@@ -50,13 +50,16 @@ def _tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
 
 
 @pytest.mark.slow
-def test_logs_checkpoints_best_and_resume(tmp_path):
+def test_logs_checkpoints_best_and_resume(tmp_path, capsys):
   data = SyntheticData(num_examples=8, batch=2, size=SIZE)  # 4 steps per epoch
   aps = [0.1, 0.5, 0.2, 0.3, 0.05, 0.0, 0.4, 0.45]
   evaluate = _ScriptedAP(aps)
   state = loop.train(_config(6, lr_milestones=(1.0,)), str(tmp_path), data=data,
                      evaluate=evaluate, model=TinyPoseNet())
   assert int(state.step) == 6 and evaluate.calls == 6
+  checkpoints = tmp_path / "checkpoints"
+  assert (f"training: new run in {tmp_path} (no checkpoint in {checkpoints})"
+          in capsys.readouterr().err.splitlines())
 
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train_rows = {r["step"]: r for r in rows if "loss" in r}
@@ -87,11 +90,20 @@ def test_logs_checkpoints_best_and_resume(tmp_path):
   resumed = loop.train(_config(8, lr_milestones=(1.0,)), str(tmp_path), data=data,
                        evaluate=evaluate, model=TinyPoseNet())
   assert int(resumed.step) == 8 and evaluate.calls == 8
+  assert (f"training: resuming {tmp_path} at step 6 of 8 (checkpoint {checkpoints / '6'})"
+          in capsys.readouterr().err.splitlines())
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
   # APs 0.4 and 0.45 after the resume do not beat step 2's 0.5: best/ is still step 2's.
   best = weights.read_metadata(tmp_path / "best")
   assert best["source"].endswith("step 2")
+
+  # Once more: nothing left to train, and it says so.
+  again = loop.train(_config(8, lr_milestones=(1.0,)), str(tmp_path), data=data,
+                     evaluate=evaluate, model=TinyPoseNet())
+  assert int(again.step) == 8 and evaluate.calls == 8
+  assert (f"training: the run in {tmp_path} is complete (step 8 of 8, checkpoint "
+          f"{checkpoints / '8'}); nothing to train" in capsys.readouterr().err.splitlines())
 
 
 def test_non_finite_loss_stops_naming_step_and_batch(tmp_path):

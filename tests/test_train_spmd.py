@@ -31,6 +31,8 @@ import sys
 import numpy as np
 import pytest
 
+from support import console_lines
+
 BATCH = 16  # Global: 2 per device.
 SIZE = 32
 HERE = pathlib.Path(__file__).resolve().parent
@@ -214,6 +216,9 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
   single = subprocess.run(_train_command(tmp_path / "single", tfds_dir), env=_env(2),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HANG_GUARD_S)
   assert single.returncode == 0, single.stdout.decode()[-3000:]
+  # A fresh process (TFDS build, a save without metrics, the COCO evaluation): only the
+  # command's own lines and progress bars, none of TFDS's, absl's, orbax's or pycocotools'.
+  assert console_lines.foreign_lines(single.stdout.decode(), console_lines.TRAIN) == []
 
   command = _train_command(tmp_path / "multi", tfds_dir) + [
       "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]

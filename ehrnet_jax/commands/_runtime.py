@@ -2,10 +2,13 @@
 
 `--backend jax` runs an ehrnet checkpoint directory with JAX (jit, decoding on device);
 `--backend onnx` runs an `ehrnet export --format onnx` file with onnxruntime (`--device cpu`,
-`cuda` or `tensorrt`), decoding and grouping in NumPy, without importing JAX.
+`cuda` or `tensorrt`), decoding and grouping in NumPy, without importing JAX. `make_estimator`
+says on stderr which weights run, where they came from, and how (backend and execution form, or
+onnxruntime's provider).
 """
 
 import argparse
+import sys
 
 from ehrnet_jax.errors import UserError
 
@@ -43,14 +46,28 @@ def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = No
                    every_local_device: bool = False):
   """The `inference.PoseEstimator` of the flags, for `model` (call `check_model` first, before
   any slow work). `every_local_device`: with JAX, each batch is shared by all devices of this
-  process (else it runs on one)."""
+  process (else it runs on one). Says on stderr what it runs."""
   scales, flip = parse_scales(args.scales), not args.no_flip
   if args.backend == "onnx":
     from ehrnet_jax.inference import onnx_decoder  # pylint: disable=import-outside-toplevel
-    return onnx_decoder.onnx_estimator(model, args.variant, scales, flip, args.device)
+    estimator = onnx_decoder.onnx_estimator(model, args.variant, scales, flip, args.device)
+    network = estimator.decoder.backend
+    (h, w), spec = network.info.image_hw, network.info.spec
+    print(f"running {model}: {spec.name}, exported for {w}x{h} (WxH); onnxruntime, "
+          f"provider {network.session.get_providers()[0]}", file=sys.stderr, flush=True)
+    return estimator
   # pylint: disable=import-outside-toplevel
   import jax
+  from ehrnet_jax import weights
   from ehrnet_jax.inference import jax_decoder
   # pylint: enable=import-outside-toplevel
   devices = tuple(jax.local_devices()) if every_local_device else None
-  return jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket, devices=devices)
+  estimator = jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket, devices=devices)
+  if jax.process_index():   # Process 0 speaks for a multi-process run.
+    return estimator
+  metadata = weights.read_metadata(model)
+  source = f", from {metadata['source']}" if metadata.get("source") else ""
+  print(f"running {model}: {metadata['variant']}{source}; JAX on {jax.default_backend()} "
+        f"({estimator.batch_size} device(s)), execution form {jax_decoder.inference_form().name}",
+        file=sys.stderr, flush=True)
+  return estimator

@@ -48,8 +48,6 @@ def run(args) -> int:
   import json
   import pathlib
 
-  import jax
-
   from ehrnet_jax import convert, samples, weights
   from ehrnet_jax.config import load_config, split_config_arg
   from ehrnet_jax.errors import UserError
@@ -59,11 +57,8 @@ def run(args) -> int:
   # pylint: enable=import-outside-toplevel
 
   workdir = pathlib.Path(args.workdir)
-  # Evaluation and prediction compile the same programs: let the second reuse the first's (in
-  # the user's cache, JAX_COMPILATION_CACHE_DIR, if there is one).
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").absolute()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Evaluation and prediction compile the same programs: the second loads the first's from the
+  # persistent compilation cache that `ehrnet_jax.cli` turns on.
   if not split_config_arg(args.config)[0].is_file():
     raise UserError(f"{args.config}: no such config; run `ehrnet demo` from the repository root "
                     "or pass --config")

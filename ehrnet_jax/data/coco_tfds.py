@@ -23,10 +23,12 @@ decodes every image once to reject missing, corrupt or wrongly sized files with 
 import dataclasses
 import logging
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ehrnet_jax import console
 from ehrnet_jax import keypoints as keypoint_sets
 from ehrnet_jax import images as images_lib
 from ehrnet_jax.data import annotations
@@ -205,9 +207,13 @@ def build(coco_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
                     f"{builder.builder_config.layout()}: fix the path, or unpack "
                     f"{builder.builder_config.download} there")
   present_splits(builder.builder_config, coco_dir)  # Before TFDS: a clear error, no traceback.
-  builder.download_and_prepare(
-      file_format=FILE_FORMAT,
-      download_config=tfds.download.DownloadConfig(manual_dir=str(coco_dir)))
+  if not builder.is_prepared():
+    print(f"building the dataset of {coco_dir} in {builder.data_dir} (once)", file=sys.stderr,
+          flush=True)
+  with console.library_output():  # TFDS's "Downloading and preparing dataset ...", its bars
+    builder.download_and_prepare(
+        file_format=FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(manual_dir=str(coco_dir)))
   return builder
 
 

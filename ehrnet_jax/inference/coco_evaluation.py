@@ -140,7 +140,7 @@ def _ground_truth(records):
   (crowds included, values as in the json), so that both sources score alike."""
   # pylint: disable=import-outside-toplevel
   from pycocotools.coco import COCO
-  from ehrnet_jax import keypoints
+  from ehrnet_jax import console, keypoints
   from ehrnet_jax.data import annotations
   # pylint: enable=import-outside-toplevel
   dataset = {"images": [], "annotations": [], "categories": [{
@@ -153,7 +153,8 @@ def _ground_truth(records):
     dataset["annotations"] += annotations.coco_annotations(record["annotations_json"], image_id)
   ground_truth = COCO()
   ground_truth.dataset = dataset
-  ground_truth.createIndex()
+  with console.library_output():  # pycocotools' "creating index... index created!"
+    ground_truth.createIndex()
   return ground_truth
 
 

@@ -154,6 +154,12 @@ def _pad_batch(images: np.ndarray, batch: int) -> np.ndarray:
   return np.pad(images, ((0, batch - len(images)), (0, 0), (0, 0), (0, 0)))
 
 
+def inference_form() -> ExecutionForm:
+  """The form `network_decoder` runs the network in: the fastest inference form on JAX's
+  default backend."""
+  return ExecutionForm.for_backend(jax.default_backend(), train=False)
+
+
 def network_decoder(spec: ScalingSpec, variables, flip_index=None,
                     config: grouping.GroupingConfig = grouping.GroupingConfig(),
                     bucket: int | None = None,
@@ -162,7 +168,7 @@ def network_decoder(spec: ScalingSpec, variables, flip_index=None,
   fastest inference form on this backend: the batch norms folded into the convolutions once,
   here. Variables given later must be folded as well (`decoder.variables =
   fold_batch_norm(variables)`)."""
-  model = EfficientHRNet(spec, ExecutionForm.for_backend(jax.default_backend(), train=False))
+  model = EfficientHRNet(spec, inference_form())
   return JaxDecoder(lambda v, x: model.apply(v, x, train=False), fold_batch_norm(variables),
                     flip_index, config, bucket, devices)
 

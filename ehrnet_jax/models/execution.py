@@ -131,6 +131,11 @@ class ExecutionForm:
       raise ValueError(f"unknown execution form {name!r}; expected one of {', '.join(NAMES)}")
     return getattr(cls, name)()
 
+  @property
+  def name(self) -> str:
+    """This form's name in `NAMES`, or "custom" for a form that has none."""
+    return next((name for name in NAMES if ExecutionForm.named(name) == self), "custom")
+
   @classmethod
   def for_backend(cls, backend: str, train: bool) -> "ExecutionForm":
     """The fastest form on `backend` (JAX's backend name: "cpu", "gpu", "tpu") for training

@@ -15,6 +15,8 @@ processes works.
 The loop resumes automatically from the latest checkpoint in `<workdir>/checkpoints` (state and
 data position), so the same command restarts a preempted run and ends with the same parameters
 as an uninterrupted one (bit-identical on CPU and TPU; on GPUs with `train.deterministic`).
+Before training, process 0 says on stderr which it is (`start_line`): a new run, a resumed one
+(step, checkpoint), or a complete one (nothing left to train).
 
 Files in the work dir:
   config.json          the resolved config (process 0)
@@ -33,6 +35,7 @@ import collections
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -208,6 +211,8 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
     _check_resumable(meta, task.name, global_batch, checkpointer.directory)
   start = int(mesh_lib.host_value(state.step))
   if is_main:
+    print(start_line(workdir, checkpointer.directory, start, num_steps), file=sys.stderr,
+          flush=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       json.dump(config.to_dict(), f, indent=2)
 
@@ -285,6 +290,18 @@ def _train(config: Config, workdir: str, data: TrainData | None, evaluate: Evalu
             source=f"ehrnet train, step {int(final.step)}")
   writer.close()
   return final
+
+
+def start_line(workdir: str, checkpoints: str, start: int, num_steps: int) -> str:
+  """What the run does with `workdir`, whose latest checkpoint (in `checkpoints`) is of step
+  `start` (0: none)."""
+  if not start:
+    return f"training: new run in {workdir} (no checkpoint in {checkpoints})"
+  checkpoint = os.path.join(checkpoints, str(start))
+  if start >= num_steps:
+    return (f"training: the run in {workdir} is complete (step {start} of {num_steps}, "
+            f"checkpoint {checkpoint}); nothing to train")
+  return f"training: resuming {workdir} at step {start} of {num_steps} (checkpoint {checkpoint})"
 
 
 def _eval_due(config: Config, done: int, num_steps: int) -> bool:
