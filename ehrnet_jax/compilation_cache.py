@@ -16,6 +16,9 @@ Every compiled program is stored (`MIN_COMPILE_SECONDS`), unless the user set
 on 8 photos of as many sizes found 5 programs stored and took as long as the first (65 s on 2
 loaded cores); with 0, 121 programs and 25 s (benchmarks/second_run.py).
 
+Beside it, in DIR-traced, `traced_programs` keeps the traced network and variable shapes, so that
+the next process does not trace the model again either (off with the cache).
+
 The settings go into the environment, where JAX reads them when it is imported (and which child
 processes inherit); when JAX is already imported (`cli.main` called in a Python process), they are
 applied to its config as well. Nothing here imports JAX: `--backend onnx` runs without it.

@@ -23,8 +23,9 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+from ehrnet_jax import traced_programs
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier, abstract_variables
+from ehrnet_jax.models import EfficientHRNet, EfficientNetClassifier
 from ehrnet_jax.scaling import ScalingSpec
 
 FORMAT = "ehrnet_jax.variables/2"
@@ -129,7 +130,7 @@ def _restore(directory: pathlib.Path, spec: ScalingSpec, num_classes: int | None
     name, model = spec.name, EfficientHRNet(spec)
   else:
     name, model = spec.classifier_name, EfficientNetClassifier(spec, num_classes)
-  target = abstract_variables(model)
+  target = traced_programs.abstract_variables(model)
   try:
     return _checkpointer().restore(directory, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(target))).variables

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ehrnet_jax import images as images_lib
 from ehrnet_jax import keypoints as keypoints_lib
-from ehrnet_jax import weights
+from ehrnet_jax import traced_programs, weights
 from ehrnet_jax.inference import aggregation, grouping
 from ehrnet_jax.inference.estimator import Maps, PoseEstimator
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
@@ -95,14 +95,22 @@ class JaxDecoder:
 
   def __init__(self, apply_fn: ApplyFn, variables, flip_index=None,
                config: grouping.GroupingConfig = grouping.GroupingConfig(),
-               bucket: int | None = None, devices: Sequence[jax.Device] | None = None):
+               bucket: int | None = None, devices: Sequence[jax.Device] | None = None,
+               network_name: str | None = None):
     """`flip_index` turns on the flip test (e.g. `keypoints.COCO.flip_index`); `devices`: devices
-    of this process that share each batch (default: the first local device)."""
+    of this process that share each batch (default: the first local device). `network_name`
+    identifies `apply_fn` (e.g. the model's repr): on one device the network's traces are then
+    kept on disk for later processes (`traced_programs`)."""
     self._mesh = Mesh(np.asarray(devices or jax.local_devices()[:1]), ("batch",))
     self.batch_size = self._mesh.size
     self.variables = variables
-    self._network = jax.jit(functools.partial(_network, apply_fn, flip_index is not None, bucket),
-                            compiler_options=inference_compiler_options())
+    network = functools.partial(_network, apply_fn, flip_index is not None, bucket)
+    if network_name is not None and self.batch_size == 1:
+      self._network = traced_programs.exported_jit(
+          network, f"{network_name}|flip={flip_index is not None}|bucket={bucket}",
+          inference_compiler_options())
+    else:
+      self._network = jax.jit(network, compiler_options=inference_compiler_options())
     self._maps = jax.jit(functools.partial(_maps, flip_index),
                          static_argnames=("scales", "base_hw"))
     # NMS and top-k are separate programs: fused, XLA on CPU is 2-3x slower.
@@ -170,7 +178,7 @@ def network_decoder(spec: ScalingSpec, variables, flip_index=None,
   fold_batch_norm(variables)`)."""
   model = EfficientHRNet(spec, inference_form())
   return JaxDecoder(lambda v, x: model.apply(v, x, train=False), fold_batch_norm(variables),
-                    flip_index, config, bucket, devices)
+                    flip_index, config, bucket, devices, network_name=repr(model))
 
 
 def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
