@@ -63,9 +63,9 @@ def make_estimator(args: argparse.Namespace, model: str, bucket: int | None = No
   # pylint: enable=import-outside-toplevel
   devices = tuple(jax.local_devices()) if every_local_device else None
   estimator = jax_decoder.jax_estimator(model, args.variant, scales, flip, bucket, devices=devices)
+  metadata = weights.read_metadata(model)   # On every process: orbax restores are collective.
   if jax.process_index():   # Process 0 speaks for a multi-process run.
     return estimator
-  metadata = weights.read_metadata(model)
   source = f", from {metadata['source']}" if metadata.get("source") else ""
   print(f"running {model}: {metadata['variant']}{source}; JAX on {jax.default_backend()} "
         f"({estimator.batch_size} device(s)), execution form {jax_decoder.inference_form().name}",
