@@ -43,7 +43,9 @@ class Candidates:
   """The top-k NMS peaks of every joint, strongest first.
 
   xy: int (J, K, 2) map pixel (x, y). values: float32 (J, K). tags: float32 (J, K, T).
-  Entries beyond the available peaks have value -inf.
+  Entries beyond the available peaks have value -inf. (`match_by_tag` builds its costs in the
+  promotion of these dtypes, as the reference does: float64 with integer xy, float32 with
+  float32 xy.)
   """
   xy: np.ndarray
   values: np.ndarray
@@ -95,10 +97,12 @@ def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig 
   assignment on `round(|tag - mean person tag|) * 100 - value`, if its tag distance is below the
   tag threshold, and starts a new person otherwise. As in the reference, a person is identified
   by the first tag value of its seed: a new candidate whose first tag equals an existing key
-  replaces that person's joint and restarts its tag average.
+  replaces that person's joint and restarts its tag average. The costs are computed in NumPy's
+  promotion of the candidates' dtypes, as the reference computes them from its inputs, so that
+  assignments whose costs tie in exact arithmetic break as the reference's do.
   """
   num_joints, _, tag_dim = candidates.tags.shape
-  rows_per_person: list[np.ndarray] = []     # float64 (J, 3 + T) each
+  rows_per_person: list[np.ndarray] = []     # (J, 3 + T) each
   tag_sums: list[np.ndarray] = []            # float32 (T,), summed in insertion order
   tag_counts: list[int] = []
   person_by_key: dict[float, int] = {}
@@ -119,8 +123,10 @@ def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig 
     if not keep.any():
       continue
     tags = candidates.tags[joint][keep]                                    # (N, T) float32
+    # In NumPy's promotion of the candidates' dtypes, as the reference's joints array (float64
+    # from integer positions, float32 from float32 ones): near-ties of the cost break as there.
     rows = np.concatenate([candidates.xy[joint][keep], candidates.values[joint][keep][:, None],
-                           tags], axis=1).astype(np.float64)               # (N, 3 + T)
+                           tags], axis=1)                                  # (N, 3 + T)
     if not rows_per_person:
       for row, tag in zip(rows, tags):
         start_person(joint, row, tag)
