@@ -80,7 +80,7 @@ def image_id(position: int, frame: int | None = None) -> int:
   return position if frame is None else position * FRAME_ID_STRIDE + frame
 
 
-def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold: float = 0.1,
+def predict(estimator: PoseEstimator, checked: list, out_dir, threshold: float = 0.1,
             min_score: float = 0.0, batch_size: int = 4, draw: bool = True,
             progress: bool = True, settings: dict | None = None, overwrite: bool = False,
             strict: bool = False) -> Prediction:
@@ -89,7 +89,8 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
 
   Args:
     estimator: the pose estimator (any backend).
-    checked: `check_inputs`'s list (its unreadable inputs are listed, not warned about again).
+    checked: `check_inputs`'s list (its unreadable inputs are listed, not warned about again), or
+      image/video files and folders, checked here.
     out_dir: where the outputs go (created).
     threshold: joints with a value <= threshold are not drawn.
     min_score: people with a lower score are left out of the JSON and the drawings.
@@ -102,6 +103,8 @@ def predict(estimator: PoseEstimator, checked: list[Checked], out_dir, threshold
     strict: an input found unreadable while running raises its UnreadableInput (else it is warned
       about, skipped and listed).
   """
+  if not all(isinstance(item, (Input, UnreadableInput)) for item in checked):
+    checked = check_inputs(checked, strict)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   result_log.start(out_dir, settings or {}, overwrite or settings is None, OUTPUTS)
