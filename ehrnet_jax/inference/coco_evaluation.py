@@ -27,16 +27,14 @@ import pathlib
 import statistics
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-import cv2
 import numpy as np
 import tqdm
 
-from ehrnet_jax import images as images_lib
+from ehrnet_jax import atomic
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_results, result_log
 from ehrnet_jax.inference.estimator import PoseEstimator
-from ehrnet_jax.inference.inputs import (NOT_AN_IMAGE, UnreadableInput, check_input, read_image,
-                                         to_uint8)
+from ehrnet_jax.inference.inputs import UnreadableInput, check_input, decode_image, read_image
 from ehrnet_jax.inference.progress import compiling_notice, warn
 
 TFDS_SPLITS = {"val2017": "validation", "train2017": "train"}
@@ -127,10 +125,11 @@ def tfds_dataset(data_dir, split: str = "validation", max_images: int | None = N
 
   def images(ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray | UnreadableInput]]:
     for image_id in ids:
-      image = images_lib.decode_image(source[index_of[image_id]]["image"])
-      yield image_id, (UnreadableInput(f"{data_dir}: image {image_id}", NOT_AN_IMAGE)
-                       if image is None else cv2.cvtColor(to_uint8(image, image_id),
-                                                          cv2.COLOR_BGR2RGB))
+      try:
+        yield image_id, decode_image(source[index_of[image_id]]["image"],
+                                     f"{data_dir}: image {image_id}")
+      except UnreadableInput as error:
+        yield image_id, error
 
   return Source(ground_truth, image_ids, images)
 
@@ -345,6 +344,6 @@ def write_outputs(out_dir, evaluation: Evaluation, settings: dict) -> pathlib.Pa
              "num_people": len(evaluation.results), "num_failed": len(evaluation.failed),
              "failed_images": evaluation.failed,
              "ms_per_image": timing_summary(evaluation.seconds), "settings": settings}
-  coco_results.write_text_atomically(out_dir / "metrics.json",
+  atomic.write_atomically(out_dir / "metrics.json",
                                      json.dumps(metrics, indent=2) + "\n")
   return out_dir / "metrics.json"

@@ -4,8 +4,9 @@
 and video files to run. `check_input` reads only what a file's header says (Pillow for images:
 format and size; OpenCV for videos: opened, first frame, frame count), so that a folder of
 thousands of photos is checked in seconds, before any slow work (without Pillow, on a runtime-only
-install, images are decoded whole instead). `read_image` decodes a whole image. Some damage shows
-only then (e.g. a truncated JPEG), so it raises the same error.
+install, images are decoded whole instead). `read_image` decodes a whole image (`decode_image`
+its bytes, e.g. from a dataset). Some damage shows only then (e.g. a truncated JPEG), so it raises
+the same error.
 
 A file that cannot be used raises `UnreadableInput`: a `UserError` holding the file and the reason,
 which a caller either reports and skips or lets stop the run.
@@ -142,15 +143,20 @@ def read_image(path) -> np.ndarray:
     data = path.read_bytes()
   except OSError as error:
     raise UnreadableInput(path, f"cannot read this file ({error.strerror})") from None
+  return decode_image(data, path)
+
+
+def decode_image(data: bytes, name) -> np.ndarray:
+  """An encoded image (file bytes) as `read_image` reads it; UnreadableInput names it `name`."""
   flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
   image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
   if image is None:
-    raise UnreadableInput(path, NOT_AN_IMAGE)
-  check_size(image.shape[1], image.shape[0], path)
-  return cv2.cvtColor(to_uint8(image, path), cv2.COLOR_BGR2RGB)
+    raise UnreadableInput(name, NOT_AN_IMAGE)
+  check_size(image.shape[1], image.shape[0], name)
+  return cv2.cvtColor(_to_uint8(image, name), cv2.COLOR_BGR2RGB)
 
 
-def to_uint8(image: np.ndarray, name) -> np.ndarray:
+def _to_uint8(image: np.ndarray, name) -> np.ndarray:
   """8- or 16-bit pixels -> uint8 (16-bit: rounded v * 255 / 65535); UnreadableInput otherwise."""
   if image.dtype == np.uint8:
     return image
