@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import pathlib
 
+from ehrnet_jax import atomic
 from ehrnet_jax.scaling import CLASSIFIER_VARIANTS, VARIANT_NAMES, ScalingSpec, classifier_variant
 
 TABLE_PATH = pathlib.Path(__file__).with_name("model_counts.json")
@@ -102,9 +103,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", type=pathlib.Path, default=TABLE_PATH,
                       help=f"where to write it (default: {TABLE_PATH})")
   args = parser.parse_args(argv)
-  from ehrnet_jax.inference.coco_results import write_text_atomically
   table = count_table()
-  write_text_atomically(args.out, json.dumps(table, indent=1) + "\n")
+  atomic.write_atomically(args.out, json.dumps(table, indent=1) + "\n")
   print(f"wrote {args.out}: {len(table['models'])} models, {len(table['classifiers'])} "
         f"classifier rows, counted with {table['counted_with']}")
 

@@ -19,15 +19,14 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import os
 import pathlib
-import tempfile
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 from jax import export
 
+from ehrnet_jax import atomic
 from ehrnet_jax.models import variables as variables_lib
 
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent
@@ -63,13 +62,6 @@ def _entry(kind: str, *key_parts: str) -> pathlib.Path | None:
   return root / f"{kind}-{key[:40]}"
 
 
-def _write_atomically(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-    f.write(data)
-  os.replace(f.name, path)
-
-
 def _shapes_to_json(tree) -> Any:
   """Nested dicts of arrays/ShapeDtypeStructs -> nested dicts of [shape, dtype]."""
   if isinstance(tree, dict):
@@ -94,7 +86,7 @@ def abstract_variables(model: nn.Module) -> dict[str, Any]:
       pass   # damaged: trace again and rewrite it
   shapes = variables_lib.abstract_variables(model)
   if path is not None:
-    _write_atomically(path, json.dumps(_shapes_to_json(shapes)).encode())
+    atomic.write_atomically(path, json.dumps(_shapes_to_json(shapes)))
   return shapes
 
 
@@ -133,5 +125,5 @@ def _load_or_export(path: pathlib.Path, jitted, args) -> export.Exported:
     except Exception:  # pylint: disable=broad-except  # damaged entry: export it again
       pass
   exported = export.export(jitted)(*args)
-  _write_atomically(path, bytes(exported.serialize()))
+  atomic.write_atomically(path, bytes(exported.serialize()))
   return exported

@@ -8,11 +8,11 @@ score and the box spans the keypoints.
 import contextlib
 import io
 import json
-import os
 import pathlib
 
 import numpy as np
 
+from ehrnet_jax import atomic
 from ehrnet_jax.errors import UserError
 
 # `COCOeval.stats` for iouType="keypoints", in order.
@@ -45,17 +45,7 @@ def person_results(image_id: int, people: np.ndarray, scores: np.ndarray,
 
 def write_results(path, results: list[dict]) -> None:
   """Writes result entries as a COCO results JSON file (atomically)."""
-  write_text_atomically(path, json.dumps(results))
-
-
-def write_text_atomically(path, text: str) -> None:
-  """Writes `text` to a temporary file beside `path`, then renames it to `path`: a crash leaves
-  the old file or the new one, never half of it. Creates the parent folders."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f".{path.name}.tmp")
-  temporary.write_text(text)
-  os.replace(temporary, path)
+  atomic.write_atomically(path, json.dumps(results))
 
 
 def load_ground_truth(annotation_file):

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import tqdm
 
+from ehrnet_jax import atomic
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_results, drawing, result_log
 from ehrnet_jax.inference.estimator import PoseEstimator, Poses
@@ -140,7 +141,7 @@ def predict(estimator: PoseEstimator, checked: list, out_dir, threshold: float =
              for position, item in enumerate(checked, 1) if isinstance(item, Input)
              for record in run.records_of(str(item.path)) for entry in record["people"]]
   failed_records = [failed[position].record() for position in sorted(failed)]
-  coco_results.write_text_atomically(out_dir / FAILED_FILE,
+  atomic.write_atomically(out_dir / FAILED_FILE,
                                      json.dumps(failed_records, indent=1) + "\n")
   coco_results.write_results(out_dir / "predictions.json", entries)
   return Prediction(entries, failed_records, run.resumed)

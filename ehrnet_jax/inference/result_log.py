@@ -12,8 +12,8 @@ import json
 import pathlib
 import shutil
 
+from ehrnet_jax import atomic
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.inference.coco_results import write_text_atomically
 
 SETTINGS_FILE = "run.json"
 
@@ -44,7 +44,7 @@ def start(out_dir, settings: dict, overwrite: bool, outputs: tuple[str, ...]) ->
       raise UserError(f"{out_dir} holds the results of a run with other settings ("
                       f"{'; '.join(changed)}): rerun with --overwrite to start over, or choose "
                       "another --out")
-  write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
+  atomic.write_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _read_settings(path: pathlib.Path) -> dict:
