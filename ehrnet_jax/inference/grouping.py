@@ -1,12 +1,13 @@
 """Associative-embedding grouping on the host: joint candidates in, people out.
 
-NumPy/SciPy only (no JAX), so it also serves backends that produce the maps elsewhere (ONNX).
+NumPy only (no JAX), so it also serves backends that produce the maps elsewhere (ONNX).
 It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping) exactly:
 
 1. `top_k_candidates`: max-pool NMS and the k strongest peaks per joint (done on device by
    `ehrnet_jax.inference.jax_decoder` in the JAX pipeline; this is the host version).
 2. `match_by_tag`: joints visited in the keypoint set's grouping order; candidates above the
-   detection threshold are assigned to people by tag distance with the Hungarian algorithm.
+   detection threshold are assigned to people by tag distance with the reference's minimum-cost
+   assignment (`assignment.min_cost_assignment`, munkres 3.0.0's choice among tied optima).
 3. `adjust`: quarter-pixel shift towards the higher neighbour, plus the half-pixel centre.
 4. `person_scores`: the mean joint value per person (after adjust, before refine).
 5. `refine`: fills each person's missing joints with the best pixel of
@@ -20,9 +21,9 @@ are all zero.
 import dataclasses
 
 import numpy as np
-from scipy import optimize
 
 from ehrnet_jax import keypoints as keypoints_lib
+from ehrnet_jax.inference import assignment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +94,10 @@ def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig 
   """Assigns candidates to people by tag distance; returns float32 (P, J, 3 + T), integer x, y.
 
   The first joint (in `grouping_order`) with candidates seeds one person each. Every later
-  candidate goes to the person (among the first `max_num_people`) chosen by a minimum-cost
-  assignment on `round(|tag - mean person tag|) * 100 - value`, if its tag distance is below the
-  tag threshold, and starts a new person otherwise. As in the reference, a person is identified
+  candidate goes to the person (among the first `max_num_people`) chosen by the reference's
+  minimum-cost assignment on `round(|tag - mean person tag|) * 100 - value` (munkres 3.0.0's
+  optimum, exact ties included: `assignment.min_cost_assignment`), if its tag distance is below
+  the tag threshold, and starts a new person otherwise. As in the reference, a person is identified
   by the first tag value of its seed: a new candidate whose first tag equals an existing key
   replaces that person's joint and restarts its tag average. The costs are computed in NumPy's
   promotion of the candidates' dtypes, as the reference computes them from its inputs, so that
@@ -135,9 +137,7 @@ def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig 
     group_tags = np.stack([tag_sums[g] / np.float32(tag_counts[g]) for g in range(num_groups)])
     distance = np.linalg.norm(rows[:, None, 3:] - group_tags[None], ord=2, axis=2)  # (N, G)
     cost = np.round(distance) * 100 - rows[:, 2:3] if config.use_detection_val else distance
-    assigned = np.full(len(rows), -1)
-    matched_rows, matched_groups = optimize.linear_sum_assignment(cost)
-    assigned[matched_rows] = matched_groups
+    assigned = assignment.min_cost_assignment(cost)                         # (N,), -1: none
     for index, (row, tag, group) in enumerate(zip(rows, tags, assigned)):
       if group >= 0 and distance[index, group] < config.tag_threshold:
         rows_per_person[group][joint] = row
