@@ -11,6 +11,8 @@ from ehrnet_jax import errors
 from ehrnet_jax.inference import grouping
 from ehrnet_jax.inference.assignment import PAD_COST, min_cost_assignment
 
+QUARTERS = (0.25, 0.5, 0.75, 1.0)     # values that make rounded-distance costs tie exactly
+
 # Traced by hand with the rule in the module docstring (u: row minima after the warm start).
 HAND_WORKED = {
     # Warm start: each row takes the lowest-index free column at its minimum.
@@ -62,9 +64,6 @@ def _random_set(values, seed, max_size=30, per_shape=4):
   return costs
 
 
-QUARTERS = (0.25, 0.5, 0.75, 1.0)
-
-
 def _padded(cost):
   """As the reference pads before calling munkres: 1e10 columns up to a square, float64."""
   num_rows, num_cols = cost.shape
@@ -86,6 +85,13 @@ def _total(cost, assigned):
   return cost[rows, assigned[rows]].astype(np.float64).sum()
 
 
+def _padding_columns(assigned, num_cols):
+  """Distinct padded columns for the unassigned rows (any order: they all cost PAD_COST)."""
+  columns = np.zeros(len(assigned), np.int64)
+  columns[assigned < 0] = num_cols + np.arange((assigned < 0).sum())
+  return columns
+
+
 def test_optimal_against_exhaustive_search():
   """N, G <= 6: the padded total equals the minimum over every injective row -> column map."""
   rng = np.random.default_rng(0)
@@ -101,13 +107,6 @@ def test_optimal_against_exhaustive_search():
                                                   _padding_columns(assigned, num_cols))].sum()
       # Exact: quarter-integer costs, totals below 2^53 / 4.
       assert ours == padded[np.arange(num_rows), maps].sum(1).min(), cost.tolist()
-
-
-def _padding_columns(assigned, num_cols):
-  """Distinct padded columns for the unassigned rows (any order: they all cost PAD_COST)."""
-  columns = np.zeros(len(assigned), np.int64)
-  columns[assigned < 0] = num_cols + np.arange((assigned < 0).sum())
-  return columns
 
 
 def test_optimal_against_scipy_up_to_30():

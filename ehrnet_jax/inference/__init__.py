@@ -1,6 +1,6 @@
 """Image -> people: the bottom-up pose pipeline after the network.
 
-The backend-neutral core (NumPy, OpenCV, SciPy; no JAX, no onnxruntime):
+The backend-neutral core (NumPy, OpenCV; no JAX, no onnxruntime):
   estimator        `PoseEstimator` (warp to the test scales, decode, group, map back), the
                    `Decoder` protocol
   inputs           input files: listed, checked from their headers, read
@@ -8,6 +8,7 @@ The backend-neutral core (NumPy, OpenCV, SciPy; no JAX, no onnxruntime):
   transforms       test sizes, the image warp and the mapping back to the image
   aggregation      flip test, upsampling and the mean over scales (NumPy or jax.numpy)
   grouping         candidates, associative-embedding matching, adjust and refine
+  assignment       minimum-cost assignment with the reference's (munkres 3.0.0's) tie rule
   coco_results     people -> COCO result entries, pycocotools scoring
   coco_evaluation  a `PoseEstimator` over a COCO split (imports pycocotools when run)
   predict          images and videos -> JSON (streamed, resumable) and drawings
