@@ -125,7 +125,8 @@ def _munkres_300():
     version = importlib.metadata.version("munkres")
     import munkres  # pylint: disable=import-outside-toplevel
   except (ImportError, importlib.metadata.PackageNotFoundError):
-    pytest.skip("munkres 3.0.0 (the reference's solver, not a dependency) is not installed")
+    pytest.skip("munkres 3.0.0 (the reference's solver, not a dependency) is not installed; "
+                "pip install munkres==3.0.0 to compare with it")
   if version != "3.0.0":
     pytest.skip(f"munkres {version} is installed; the reference's choice is that of 3.0.0")
   return munkres.Munkres()
