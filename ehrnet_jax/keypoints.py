@@ -1,4 +1,4 @@
-"""Keypoint sets: joint names, left/right flip pairs and skeletons.
+"""Keypoint sets: joint names, left/right flip pairs, skeletons and OKS sigmas.
 
 COCO's 17 person keypoints are the default everywhere; other sets (e.g. CrowdPose's 14 joints)
 are described by a `KeypointSet` with their own names and flip pairs.
@@ -9,13 +9,16 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class KeypointSet:
-  """Names of the joints, the flip permutation and the skeleton edges (0-based)."""
+  """Names of the joints, the flip permutation, the skeleton edges (0-based) and the per-joint
+  sigmas of object keypoint similarity (OKS: the spread of human annotators' clicks, relative to
+  the person's scale)."""
   name: str
   joints: tuple[str, ...]
   flip_pairs: tuple[tuple[int, int], ...]
   skeleton: tuple[tuple[int, int], ...]
   # Order in which the associative-embedding grouping visits the joints.
   grouping_order: tuple[int, ...]
+  sigmas: tuple[float, ...]
 
   @property
   def num_joints(self) -> int:
@@ -43,6 +46,9 @@ COCO = KeypointSet(
               (3, 5), (4, 6)),
     # Head, shoulders, hips, elbows, wrists, knees, ankles (the reference's order).
     grouping_order=(0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16),
+    # pycocotools' `Params.kpt_oks_sigmas`.
+    sigmas=(0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107,
+            0.107, 0.087, 0.087, 0.089, 0.089),
 )
 
 CROWDPOSE = KeypointSet(
@@ -54,6 +60,9 @@ CROWDPOSE = KeypointSet(
     skeleton=((12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (13, 6), (13, 7),
               (6, 8), (8, 10), (7, 9), (9, 11)),
     grouping_order=(12, 13, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+    # crowdposetools' `kpt_oks_sigmas`: COCO's for the limbs, 0.079 for head and neck.
+    sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+            0.079, 0.079),
 )
 
 KEYPOINT_SETS = {s.name: s for s in (COCO, CROWDPOSE)}
