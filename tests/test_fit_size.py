@@ -37,11 +37,21 @@ def test_a_16_9_frame_fits_centred_with_black_bands(input_wh, scale, rows):
                                       (1280, 720), (97, 301)])
 @pytest.mark.parametrize("input_size", [384, 512])
 def test_fitting_into_the_reference_test_size_is_the_reference_warp(image_wh, input_size):
-  """The reference's size for an image is the image fitted into that size: same centre, same
-  scale (same floats), so a fixed-size model of that size gives exactly the reference's results
-  (300x600 at 384 is a tie: both sides fill 384x768)."""
+  """Where the reference's size for an image holds it whole, it is the image fitted into that
+  size: same centre, same scale (same floats), so a fixed-size model of that size gives exactly
+  the reference's results (300x600 at 384 is a tie: both sides fill 384x768)."""
   reference = transforms.multi_scale_size(image_wh, input_size, 1.0, 1.0)
   assert transforms.fit_size(image_wh, reference.size_wh) == reference
+
+
+def test_fitting_keeps_the_pixel_the_reference_rounding_cuts_off():
+  """640x426 at 384: the reference zooms by 384 / 426 (576.9 pixels wide) into 576x384, cutting
+  0.9 pixel off; fitted, the width fills: zoom 0.9, 640 pixels = 3.2 x 200 across."""
+  reference = transforms.multi_scale_size((640, 426), 384, 1.0, 1.0)
+  fitted = transforms.fit_size((640, 426), (576, 384))
+  assert reference.size_wh == fitted.size_wh == (576, 384) and fitted.center == reference.center
+  np.testing.assert_allclose(reference.scale, (576 / 384 * 2.13, 2.13), rtol=1e-12)
+  np.testing.assert_allclose(fitted.scale, (3.2, 384 / 576 * 3.2), rtol=1e-12)
 
 
 @pytest.mark.parametrize("image_wh, input_wh", [((640, 360), (384, 384)), ((360, 640), (640, 384)),

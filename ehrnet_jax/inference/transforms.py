@@ -8,10 +8,10 @@ reference's (`get_multi_scale_size`, `get_affine_transform` with rotation 0, `ge
 - The warp is isotropic: `scale` (in units of 200 px) says how many image pixels the output width
   covers, and `center` (integer pixels) lands on the centre of the output.
 
-`fit_size` is the same warp into a network input of a given size (a fixed-size exported model,
-a stream): the whole image, centred, at the largest zoom that fits it, the rest black. Into the
-reference's own test size it is the reference's warp. With `input_wh`, `pyramid_sizes` runs scale
-s at `input_wh` times s over the same image region.
+`fit_size` is the same warp into a network input of a given size (a fixed-size exported model, a
+stream): the whole image, centred, at the largest zoom that fits it, the rest black. Into the
+reference's own test size it is the reference's warp wherever that holds the whole image. With
+`input_wh`, `pyramid_sizes` runs scale s at `input_wh` times s over the same image region.
 """
 
 import dataclasses
@@ -70,7 +70,9 @@ def fit_size(image_wh: tuple[int, int], input_wh: tuple[int, int]) -> TestSize:
   The zoom is min(w' / w, h' / h); the image centre (rounded as the reference rounds it, so at
   most half a pixel off for odd sizes) lands on the input's centre; the rest is padded black by
   `warp_image`. `map_to_image(points, center, scale, input_wh)` maps back. If `input_wh` is the
-  reference's test size of the image (`multi_scale_size` at scale 1), this is that TestSize.
+  reference's test size of the image (`multi_scale_size` at scale 1) and holds the whole image,
+  this is that TestSize (the reference's rounding can cut up to a pixel off the long side: a
+  640x426 image at 384 is 576.9 pixels wide in a 576x384 input; fitted, it is 383.4 high).
   """
   (w, h), (w_in, h_in) = image_wh, input_wh
   # h_in / h vs w_in / w in integers; on a tie, the reference's branch (w >= h), same floats.
