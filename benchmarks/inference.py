@@ -70,7 +70,7 @@ def main():
   flip = not args.no_flip
   if args.onnx:
     from ehrnet_jax.inference import onnx_decoder  # pylint: disable=import-outside-toplevel
-    estimator = onnx_decoder.onnx_estimator(args.onnx, None, scales, flip)
+    estimator = onnx_decoder.onnx_estimator(args.onnx, None, scales, flip, input_wh=None)
   elif args.checkpoint:
     estimator = jax_decoder.jax_estimator(args.checkpoint, args.variant, scales, flip)
   else:

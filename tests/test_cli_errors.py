@@ -85,7 +85,10 @@ CASES = {
     # Flags
     "size not a multiple of 32": (["export", *CHECKPOINT, "--format", "onnx", "--size",
                                    "100x96", "--out", "{tmp}/m.onnx"],
-                                  ["--size 100x96", "multiples of 32", "384x288"]),
+                                  ["--size 100x96", "multiples of 32", "384x640"]),
+    "input size not a multiple of 32": (["predict", *CHECKPOINT, "--input-size", "360x640",
+                                         "--out", "{tmp}/p", "{image}"],
+                                        ["--input-size 360x640", "multiples of 32", "384x640"]),
     "bad --scales": (["predict", *CHECKPOINT, "--scales", "1,x", "--out", "{tmp}/p", "{image}"],
                      ["--scales", "0.5,1,1.5", "'1,x'"]),
     "predict without --variant": (["predict", "--checkpoint", "{ckpt}", "--out", "{tmp}/p",

@@ -3,6 +3,7 @@ there is no GPU; bad flags."""
 
 import json
 
+import cv2
 import jax
 import numpy as np
 import onnx
@@ -212,45 +213,68 @@ def _predict(args):
   return cli.main(["predict", "--no-draw", *args])
 
 
-@pytest.mark.slow
-def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mini_dir, tmp_path):
-  """Photos whose test size is the exported 576x384: the same people as the JAX backend.
+def _assert_same_people(found_entries, expected_entries):
+  """The same people in the same images (COCO entries of `ehrnet predict`), up to near-ties.
 
   The bundled random weights find ~500 "people" per photo on noisy maps, where near-ties
   abound: float32 noise moves 0.84% of the joints to another pixel (measured with the lean graph,
   which onnxruntime's NCHWc kernels run whole; 0.2% with the earlier graph; JAX's own host and
   device decoders, fed the same network outputs, disagree on 0.04%). Everything else is equal
-  within 1e-3 px; a wrong model or decoding would move most joints.
+  within 1e-3 px; a wrong model, warp or decoding would move most joints.
   """
-  images = [str(coco_mini_dir / "train2017" / name)
-            for name in ("000000183872.jpg", "000000030752.jpg")]
-  assert _predict(["--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--out",
-                   str(tmp_path / "jax"), *images]) == 0
-  assert _predict(["--backend", "onnx", "--out", str(tmp_path / "onnx"), str(h4_onnx),
-                   *images]) == 0
-  jax_entries, onnx_entries = (json.loads((tmp_path / b / "predictions.json").read_text())
-                               for b in ("jax", "onnx"))
-  assert len(onnx_entries) == len(jax_entries) > 0
-  assert [(e["image_id"], e["file_name"]) for e in onnx_entries] == [
-      (e["image_id"], e["file_name"]) for e in jax_entries]
-  assert {e["image_id"] for e in jax_entries} == {1, 2}
+  assert len(found_entries) == len(expected_entries) > 0
+  assert [(e["image_id"], e["file_name"]) for e in found_entries] == [
+      (e["image_id"], e["file_name"]) for e in expected_entries]
   found, expected = (np.array([e["keypoints"] for e in entries]).reshape(-1, 17, 3)
-                     for entries in (onnx_entries, jax_entries))
+                     for entries in (found_entries, expected_entries))
   moved = np.abs(found[..., :2] - expected[..., :2]).max(-1) > 1e-3
   assert moved.mean() < 0.02, moved.mean()
   # A person's score is the mean of its joints' values before refine, where a near tie can pick
   # another candidate that refine then moves to the same place: up to 6.5e-4 apart (measured,
   # scores ~3); a wrong graph is off by O(1).
-  np.testing.assert_allclose([e["score"] for e in onnx_entries],
-                             [e["score"] for e in jax_entries], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose([e["score"] for e in found_entries],
+                             [e["score"] for e in expected_entries], rtol=1e-4, atol=1e-3)
+
+
+def _entries(out_dir):
+  return json.loads((out_dir / "predictions.json").read_text())
 
 
 @pytest.mark.slow
-def test_onnx_model_too_small_for_the_image_says_which_size(h4_onnx, tmp_path, capsys):
-  portrait = next(p for p in samples.images() if p.name == "000000256353.jpg")  # 384x448 (WxH)
-  assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--out",
-                   str(tmp_path)]) == 2
-  assert "export with a larger `--size` (HxW, e.g. --size 448x576)" in capsys.readouterr().err
+def test_predict_onnx_backend_gives_the_jax_json(h4_onnx, h4_checkpoint, coco_mini_dir, tmp_path):
+  """Photos whose test size is the exported 576x384 and holds them whole (640x427): the same
+  people as the JAX backend, which runs the reference's test size (the ONNX model's fit into its
+  size is then that warp)."""
+  images = [str(coco_mini_dir / "train2017" / name)
+            for name in ("000000070133.jpg", "000000211325.jpg")]
+  assert _predict(["--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--out",
+                   str(tmp_path / "jax"), *images]) == 0
+  assert _predict(["--backend", "onnx", "--out", str(tmp_path / "onnx"), str(h4_onnx),
+                   *images]) == 0
+  assert {e["image_id"] for e in _entries(tmp_path / "jax")} == {1, 2}
+  _assert_same_people(_entries(tmp_path / "onnx"), _entries(tmp_path / "jax"))
+
+
+@pytest.mark.slow
+def test_frames_of_any_shape_fit_the_model_with_both_backends(h4_onnx, h4_checkpoint, tmp_path,
+                                                              capsys):
+  """A 640x360 frame (test size 704x384) and a portrait photo (448x384), too large for the
+  384x576 (HxW) model before: fitted in, the same people with onnxruntime (by default) and JAX
+  (`--input-size 384x576`); an input size larger than the model is refused, naming the sizes."""
+  photo = next(p for p in samples.images() if p.name == "000000129648.jpg")   # 640x427
+  frame = cv2.imread(str(photo))[:360]
+  cv2.imwrite(str(tmp_path / "frame.png"), frame)
+  portrait = next(p for p in samples.images() if p.name == "000000256353.jpg")
+  images = [str(tmp_path / "frame.png"), str(portrait)]
+  assert _predict(["--variant", "H-4", "--checkpoint", str(h4_checkpoint), "--input-size",
+                   "384x576", "--out", str(tmp_path / "jax"), *images]) == 0
+  assert _predict(["--backend", "onnx", "--out", str(tmp_path / "onnx"), str(h4_onnx),
+                   *images]) == 0
+  _assert_same_people(_entries(tmp_path / "onnx"), _entries(tmp_path / "jax"))
+  assert _predict(["--backend", "onnx", str(h4_onnx), str(portrait), "--input-size", "448x576",
+                   "--out", str(tmp_path / "large")]) == 2
+  assert ("takes network inputs up to 384x576 (HxW), but 448x576 at scale 1 needs 448x576"
+          in capsys.readouterr().err)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -20,19 +21,21 @@ from onnx import TensorProto, helper, numpy_helper
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ehrnet_jax import cli, samples
 from ehrnet_jax import images as images_lib
-from ehrnet_jax import samples
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import onnx_decoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True, joints=3):
+def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True, joints=3, bright=False):
   """images -> (avg-pool 4, 2 * avg-pool 4, avg-pool 2) of the 3 channels, in `layout`.
 
   With `joints` != 3, a fixed random 1x1 convolution first maps the 3 channels to `joints`, with
-  small weights: no joint reaches the detection threshold, so that grouping takes no time.
+  small weights: no joint reaches the detection threshold, so that grouping takes no time. With
+  `bright`, that convolution averages the channels instead: every joint of one person where the
+  image is bright (normalised white is ~2.5, black ~-2, below the threshold).
   """
   h, w = hw
   b = batch or "batch"
@@ -41,6 +44,8 @@ def _pooling_model(path, batch, layout, hw=(64, 32), metadata=True, joints=3):
   nodes = [] if nchw else [helper.make_node("Transpose", ["images"], ["x"], perm=[0, 3, 1, 2])]
   source = "images" if nchw else "x"
   weights = np.random.default_rng(0).normal(0, 0.01, (joints, 3, 1, 1)).astype(np.float32)
+  if bright:
+    weights = np.full((joints, 3, 1, 1), 1 / 3, np.float32)
   initializers = [numpy_helper.from_array(weights, "w")] if joints != 3 else []
   if initializers:
     nodes.append(helper.make_node("Conv", [source, "w"], ["c"]))
@@ -91,6 +96,61 @@ def test_too_large_images_name_the_size_to_export(tmp_path):
   message = r"up to 32x64 \(WxH\) but this one needs 48x96.*--size 96x48"
   with pytest.raises(UserError, match=message):
     network(np.zeros((1, 96, 48, 3), np.float32))
+
+
+def _blob_frame(xy, hw=(360, 640)):
+  """A black BGR frame with a white Gaussian blob (sigma 8 px) centred at `xy`: one brightest
+  point."""
+  ys, xs = np.mgrid[:hw[0], :hw[1]]
+  blob = 255 * np.exp(-((xs - xy[0]) ** 2 + (ys - xy[1]) ** 2) / (2 * 8.0 ** 2))
+  return np.repeat(np.round(blob)[..., None], 3, -1).astype(np.uint8)
+
+
+def test_a_16_9_clip_runs_through_the_default_square_export(tmp_path):
+  """640x360 frames with the model at H-4's default export size, 384x384: refused before (their
+  test size is 704x384), now each frame is fitted in and the person found at the bright blob
+  maps back onto it."""
+  model = _pooling_model(tmp_path / "m.onnx", None, "NHWC", hw=(384, 384), joints=17,
+                         bright=True)
+  discs = [(100, 60), (320, 180), (560, 300)]
+  writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5,
+                           (640, 360))
+  for xy in discs:
+    writer.write(_blob_frame(xy))
+  writer.release()
+  assert cli.main(["predict", "--backend", "onnx", str(model), str(tmp_path / "clip.mp4"),
+                   "--out", str(tmp_path / "out")]) == 0
+  records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").open()]
+  assert [r["frame"] for r in records] == [0, 1, 2]
+  for record, xy in zip(records, discs):
+    (person,) = record["people"]
+    joints = np.asarray(person["keypoints"]).reshape(17, 3)
+    # Within one pixel of the fitted input (zoom 0.6: 1.67 image pixels): the pooling's
+    # half-pixel offset and the decoder's quarter-pixel adjustment put it 0.75 input pixels off
+    # (measured); a wrong centre, zoom or band moves it by tens of pixels.
+    np.testing.assert_allclose(joints[:, :2], np.broadcast_to(xy, (17, 2)), atol=1 / 0.6)
+  run = json.loads((tmp_path / "out" / "run.json").read_text())
+  assert run["input_size_hw"] == [384, 384]
+
+
+def test_input_size_fits_images_into_a_part_of_the_model(tmp_path, capsys):
+  """`--input-size` smaller than the model: the image is fitted into it, then padded to the
+  model's size; larger (or larger at the largest scale) is refused before any image runs."""
+  model = _pooling_model(tmp_path / "m.onnx", None, "NHWC", hw=(384, 384), joints=17,
+                         bright=True)
+  cv2.imwrite(str(tmp_path / "a.png"), _blob_frame((500, 100)))
+  assert cli.main(["predict", "--backend", "onnx", str(model), str(tmp_path / "a.png"), "--out",
+                   str(tmp_path / "out"), "--input-size", "192x320", "--no-draw"]) == 0
+  assert "every image fitted into 192x320 (HxW)" in capsys.readouterr().err
+  (person,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+  # Within one input pixel, as above, at zoom 0.5.
+  np.testing.assert_allclose(np.reshape(person["keypoints"], (17, 3))[:, :2],
+                             np.broadcast_to((500, 100), (17, 2)), atol=1 / 0.5)
+  for flags in (["--input-size", "416x384"], ["--input-size", "320x320", "--scales", "1,1.5"]):
+    assert cli.main(["predict", "--backend", "onnx", str(model), str(tmp_path / "a.png"),
+                     "--out", str(tmp_path / "big"), *flags]) == 2
+    assert "takes network inputs up to 384x384 (HxW)" in capsys.readouterr().err
+  assert not (tmp_path / "big" / "predictions.json").exists()
 
 
 def test_bad_model_files_are_named(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from ehrnet_jax import cli, inference, keypoints
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import predict
+from support import host_pose
 
 J = keypoints.COCO.num_joints
 IMAGE = "000000183872.jpg"
@@ -61,31 +62,13 @@ def test_predict_command_on_image_folder_and_video(reference_dir, coco_mini_dir,
                                                                                              160)
 
 
-def _peak_backend(peaks_2):
-  """A host backend whose 1/2-resolution heatmap j peaks at `peaks_2[j]` = (x, y).
-
-  The peak pixel has value 1 and its right and lower neighbours 0.5, so that the upsampled maps
-  have a single maximum, at input pixel (2x + 1, 2y + 1), whose left/upper neighbours are the
-  higher ones: the decoded joint is at (2x + 1.25, 2y + 1.25) with value 0.375 (worked by hand).
-  """
-  def backend(images):
-    b, h, w, _ = images.shape
-    heatmaps_2 = np.zeros((b, h // 2, w // 2, J), np.float32)
-    for j, (x, y) in enumerate(peaks_2):
-      heatmaps_2[:, y, x, j] = 1.0
-      heatmaps_2[:, y, x + 1, j] = heatmaps_2[:, y + 1, x, j] = 0.5
-    heatmaps_4 = np.zeros((b, h // 4, w // 4, J), np.float32)
-    return heatmaps_4, np.zeros_like(heatmaps_4), heatmaps_2
-  return backend
-
-
 def test_predict_maps_peaks_back_to_the_image_without_jax(tmp_path):
   """Known peaks in the network input land where the inverse warp sends them (image + video)."""
   image = np.random.default_rng(0).integers(0, 255, (300, 500, 3), np.uint8)
   cv2.imwrite(str(tmp_path / "a.png"), image)
   _write_video(tmp_path / "b.mp4", [image] * 3)
   peaks_2 = np.stack([np.arange(J) * 9 + 20, np.arange(J) * 5 + 20], -1)
-  estimator = inference.PoseEstimator(inference.HostDecoder(_peak_backend(peaks_2)), 384)
+  estimator = inference.PoseEstimator(inference.HostDecoder(host_pose.peak_backend(peaks_2)), 384)
   checked = predict.check_inputs([tmp_path / "a.png", tmp_path / "b.mp4"])
   entries = predict.predict(estimator, checked, tmp_path / "out", batch_size=2,
                             progress=False).entries

@@ -4,14 +4,21 @@ import argparse
 
 EXAMPLE = """examples:
   ehrnet export --variant H-4 --checkpoint checkpoints/H-4 --format onnx --out h4.onnx
+  ehrnet export --variant H-4 --checkpoint checkpoints/H-4 --format onnx --size 384x640 \
+      --out h4_16x9.onnx    # landscape, for 16:9 cameras
   ehrnet export --variant H0 --checkpoint checkpoints/H0 --format onnx --size 512x512 \\
       --batch 1 --layout NCHW --out h0_nchw.onnx
   ehrnet export --variant H-4 --checkpoint checkpoints/H-4 --format savedmodel --out h4_tf/
   ehrnet export --format tensorrt --onnx h0_nchw.onnx --precision fp16 --out h0_fp16.engine
 
 The network only (eval mode; batch norm folded into the convolutions), input `images`: float32
-RGB, /255 then ImageNet mean/std, fixed spatial size (--size HxW, default the variant's input
-size), layout NHWC or NCHW. Outputs heatmaps_4, tags_4 (1/4 size) and heatmaps_2 (1/2 size) in
+RGB, /255 then ImageNet mean/std, fixed spatial size (--size HxW, height first, default the
+variant's input size, square), layout NHWC or NCHW. `ehrnet predict --backend onnx` fits every
+image into that size (aspect ratio kept, padded black): export with your camera's aspect ratio
+to use the whole input, e.g. at H-4 --size 384x640 for 16:9 (640x360, 1280x720, 1920x1080) and
+--size 384x512 for 4:3; the variant's short side with the long side rounded up to a multiple of
+64 (e.g. 384x704 for 16:9 at H-4) gives exactly evaluation's resize (`ehrnet evaluate --backend
+onnx` needs it). Outputs heatmaps_4, tags_4 (1/4 size) and heatmaps_2 (1/2 size) in
 the same layout. ONNX models hold only standard operators (default opset 17, for TensorRT 8.5 and
 10 on Jetson) and the metadata `ehrnet predict --backend onnx` reads. TensorRT engines are built
 from an ONNX file on the GPU machine that runs them (docs/deployment.md)."""
@@ -27,8 +34,9 @@ def register(subparsers) -> None:
   parser.add_argument("--variant", help="H0, H-1, ..., H-4 or phi=<number>; must match the "
                       "checkpoint")
   parser.add_argument("--checkpoint", help="checkpoint directory (ehrnet convert/train)")
-  parser.add_argument("--size", help="network input HxW, multiples of 32 (default: the "
-                      "variant's input size, square)")
+  parser.add_argument("--size", metavar="HxW", help="network input, height first, multiples of "
+                      "32 (default: the variant's input size, square); e.g. 384x640 for 16:9 "
+                      "cameras at H-4")
   parser.add_argument("--batch", default="dynamic",
                       help="'dynamic' (default) or a fixed batch size")
   parser.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"],

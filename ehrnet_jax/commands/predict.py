@@ -11,6 +11,8 @@ EXAMPLE = """example:
   ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --out runs/predict \\
       photos/ clip.mp4 --threshold 0.2 --min-score 0.1
   ehrnet predict --backend onnx h4.onnx photos/ --out runs/predict    # no JAX needed
+  ehrnet predict --variant H-4 --checkpoint checkpoints/H-4 --input-size 384x640 \
+      --out runs/clips clips/    # 16:9 videos of any resolution, one compilation
 
 Writes OUT/predictions.jsonl as it goes (one line per image or video frame: "file_name", "frame"
 for videos, "image_id", "people": its COCO result entries), at the end OUT/predictions.json (the
@@ -25,16 +27,23 @@ one (or one whose decoding fails later) gets a warning and is skipped, the other
 Resume: the same command with the same --out skips the images already in OUT/predictions.jsonl
 (a video is read and drawn again, but its frames already there skip the network) and retries the
 inputs that failed; the final predictions.json is the one an uninterrupted run writes. A rerun
-with other settings (model, backend, variant, scales, flip, min score, threshold, drawing) is
-refused; --overwrite starts over.
+with other settings (model, backend, variant, scales, flip, input size, min score, threshold,
+drawing) is refused; --overwrite starts over.
 
 exit status: 0 every input done; 1 some inputs could not be read (listed in OUT/failed.json, the
 others done); 2 usage or setup error, or with --strict the first unreadable input.
 
+Network input: by default (--backend jax) each image is resized as in evaluation (short side the
+variant's input size rounded up to 64, long side rounded up to 64): one compilation per size.
+--input-size HxW (height first, as `ehrnet export --size`) fits every image into that one input
+instead: resized keeping its aspect ratio, centred, the rest padded black, people mapped back to
+the image; e.g. 384x640 for 16:9 cameras at H-4.
+
 With --backend onnx
 the model is an `ehrnet export --format onnx` file, given with --checkpoint or as the first
-INPUT; it runs with onnxruntime (--device cpu, cuda or tensorrt) and needs images whose
-test-time size fits its exported --size."""
+INPUT; it runs with onnxruntime (--device cpu, cuda or tensorrt). Every image is fitted into the
+model's exported size (or into --input-size, at most that size), so any image runs; export with
+the aspect ratio of your camera (e.g. --size 384x640 for 16:9) to use the whole input."""
 
 MISSING_MODEL = {
     "jax": "--checkpoint DIR is required: an ehrnet checkpoint from `ehrnet convert` or "
@@ -64,6 +73,7 @@ def register(subparsers) -> None:
   parser.add_argument("--overwrite", action="store_true",
                       help="start over: drop an earlier run's results in --out instead of resuming")
   _runtime.add_arguments(parser)
+  _runtime.input_size_argument(parser)
   parser.set_defaults(run=run)
 
 
@@ -71,11 +81,12 @@ def run(args) -> int:
   from ehrnet_jax.inference import predict  # pylint: disable=import-outside-toplevel
   model, inputs = _model_and_inputs(args)
   checked = predict.check_inputs(inputs, args.strict)   # bad inputs are known before the model
-  estimator = _runtime.make_estimator(args, model)
+  estimator = _runtime.make_estimator(args, model, fit=True)
   settings = {"model": str(pathlib.Path(model).resolve()), "backend": args.backend,
               "variant": args.variant, "device": args.device,
               "scales": list(_runtime.parse_scales(args.scales)), "flip": not args.no_flip,
-              "min_score": args.min_score, "threshold": args.threshold, "draw": not args.no_draw}
+              "min_score": args.min_score, "threshold": args.threshold, "draw": not args.no_draw,
+              "input_size_hw": estimator.input_wh and list(estimator.input_wh[::-1])}
   result = predict.predict(estimator, checked, args.out, args.threshold, args.min_score,
                            args.batch_size, draw=not args.no_draw, settings=settings,
                            overwrite=args.overwrite, strict=args.strict)

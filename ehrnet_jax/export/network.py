@@ -12,13 +12,13 @@ constant-folded after export.
 """
 
 import dataclasses
-import re
 from typing import Callable
 
 import jax.numpy as jnp
 
 from ehrnet_jax.errors import UserError
 from ehrnet_jax.images import IMAGENET_MEAN, IMAGENET_STD
+from ehrnet_jax.inference import transforms
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm
 from ehrnet_jax.scaling import ScalingSpec
 
@@ -51,17 +51,10 @@ class ExportOptions:
 
 
 def parse_size(text: str | None, spec: ScalingSpec) -> tuple[int, int]:
-  """'384x288' (HxW) -> (384, 288); None -> the variant's square input size."""
+  """'384x640' (HxW) -> (384, 640); None -> the variant's square input size."""
   if text is None:
     return spec.input_size, spec.input_size
-  match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-  if not match:
-    raise UserError(f"--size must be HxW such as 384x288; got {text!r}")
-  h, w = int(match[1]), int(match[2])
-  if h % 32 or w % 32 or not h or not w:
-    raise UserError(f"--size {h}x{w}: both sides must be positive multiples of 32 (the "
-                    "network's stride); e.g. 384x288")
-  return h, w
+  return transforms.parse_hw(text, "--size")
 
 
 def parse_batch(text: str) -> int | None:

@@ -2,10 +2,12 @@
 
 `PoseEstimator` does what the reference's `valid.py` does per image: warp the image to every test
 scale, let a `Decoder` turn the warped images into maps, group each image's maps into people
-(`grouping`) and map them back to the image (`transforms`). Images whose test sizes agree
-(`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes; `PoseEstimator.compiles`
-says whether a batch compiles new programs first (a progress bar says so). Input files are read
-by `inputs`.
+(`grouping`) and map them back to the image (`transforms`). The test sizes are the reference's
+per-image sizes, or with `input_wh` one network input for every image (each fitted into it,
+`transforms.fit_size`: a fixed-size exported model, a stream, one compilation). Images whose test
+sizes agree (`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes;
+`PoseEstimator.compiles` says whether a batch compiles new programs first (a progress bar says
+so). Input files are read by `inputs`.
 
 A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
 `(scale, uint8 images (B, h, w, 3))` largest scale first; its `batch_size` says how many images
@@ -22,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from ehrnet_jax import keypoints as keypoints_lib
+from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import grouping, transforms
 
 
@@ -70,12 +73,21 @@ class PoseEstimator:
 
   def __init__(self, decoder: Decoder, input_size: int, scales=(1.0,),
                keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
-               config: grouping.GroupingConfig = grouping.GroupingConfig()):
+               config: grouping.GroupingConfig = grouping.GroupingConfig(),
+               input_wh: tuple[int, int] | None = None):
+    """`input_size`: the variant's training size, which sets the reference's test sizes.
+    `input_wh`: None for those (per image, as the reference); else (w, h), positive multiples of
+    32: every image is fitted into this network input at scale 1 (`transforms.fit_size`), and
+    into `input_wh` times s at scale s (`transforms.pyramid_sizes`)."""
+    if input_wh is not None and not all(v > 0 and v % 32 == 0 for v in input_wh):
+      raise UserError(f"the network input size must be positive multiples of 32 (the network's "
+                      f"stride), e.g. 384x640 (HxW); got {input_wh[1]}x{input_wh[0]} (HxW)")
     self.decoder = decoder
     self.input_size = input_size
     self.scales = tuple(float(s) for s in scales)
     self.keypoint_set = keypoint_set
     self.config = config
+    self.input_wh = None if input_wh is None else (int(input_wh[0]), int(input_wh[1]))
 
   @property
   def batch_size(self) -> int:
@@ -85,9 +97,17 @@ class PoseEstimator:
   def input_sizes(self, image_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """The network input sizes (w', h') of every test scale for an image of `image_hw`, largest
     first: images with equal input sizes can share a call."""
-    h, w = image_hw
-    return tuple(size.size_wh for _, size in
-                 transforms.pyramid_sizes((w, h), self.input_size, self.scales))
+    return tuple(size.size_wh for _, size in self._pyramid_sizes(image_hw[::-1]))
+
+  def _pyramid_sizes(self, image_wh: tuple[int, int]) -> list[tuple[float, transforms.TestSize]]:
+    """`(scale, TestSize)` of every test scale for an image of `image_wh`, largest first."""
+    return transforms.pyramid_sizes(image_wh, self.input_size, self.scales, self.input_wh)
+
+  def _base_wh(self, image_wh: tuple[int, int]) -> tuple[int, int]:
+    """The size the maps are aggregated at and mapped back from: the network input of scale 1."""
+    if self.input_wh is not None:
+      return self.input_wh
+    return transforms.multi_scale_size(image_wh, self.input_size, 1.0, min(self.scales)).size_wh
 
   def compiles(self, image_hw: tuple[int, int], count: int = 1) -> bool:
     """Whether running `count` images of `image_hw` together compiles programs first."""
@@ -96,8 +116,7 @@ class PoseEstimator:
   def __call__(self, images: list[np.ndarray]) -> list[Poses]:
     """`images`: RGB uint8 (h, w, 3) with the same `input_sizes` (e.g. video frames, photos of
     one aspect ratio, or just one image)."""
-    sizes = [transforms.pyramid_sizes(image.shape[1::-1], self.input_size, self.scales)
-             for image in images]
+    sizes = [self._pyramid_sizes(image.shape[1::-1]) for image in images]
     if any([s.size_wh for _, s in pyramid] != [s.size_wh for _, s in sizes[0]]
            for pyramid in sizes):
       raise ValueError("a batch must hold images of one network input size (`input_sizes`); "
@@ -105,8 +124,7 @@ class PoseEstimator:
     pyramid = [(scale, np.stack([transforms.warp_image(image, image_sizes[level][1])
                                  for image, image_sizes in zip(images, sizes)]))
                for level, (scale, _) in enumerate(sizes[0])]
-    base_wh = transforms.multi_scale_size(images[0].shape[1::-1], self.input_size, 1.0,
-                                          min(self.scales)).size_wh
+    base_wh = self._base_wh(images[0].shape[1::-1])
     maps = self.decoder(pyramid, base_wh[::-1])
     results = []
     for index, image_sizes in enumerate(sizes):

@@ -184,18 +184,21 @@ def network_decoder(spec: ScalingSpec, variables, flip_index=None,
 def jax_estimator(checkpoint, variant: str | None = None, scales=(1.0,), flip: bool = True,
                   bucket: int | None = None,
                   config: grouping.GroupingConfig = grouping.GroupingConfig(),
-                  devices: Sequence[jax.Device] | None = None) -> PoseEstimator:
+                  devices: Sequence[jax.Device] | None = None,
+                  input_wh: tuple[int, int] | None = None) -> PoseEstimator:
   """A `PoseEstimator` running the network of an ehrnet checkpoint directory with JAX on
   `devices` of this process (default: one).
 
-  `variant`, if given, must match the checkpoint (UserError otherwise).
+  `variant`, if given, must match the checkpoint (UserError otherwise). `input_wh`: None for the
+  reference's per-image test sizes; (w, h) fits every image into that network input (one
+  compilation for all image sizes), see `PoseEstimator`.
   """
   expected = ScalingSpec.from_name(variant) if variant else None
   variables, spec = weights.load_variables(checkpoint, expected)
   keypoint_set = keypoints_lib.COCO
   decoder = network_decoder(spec, variables, keypoint_set.flip_index if flip else None, config,
                             bucket, devices)
-  return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config)
+  return PoseEstimator(decoder, spec.input_size, scales, keypoint_set, config, input_wh)
 
 
 def _network(apply_fn, flip, bucket, variables, images):

@@ -4,9 +4,11 @@
 `ehrnet export --format onnx` and reads its metadata. Called with normalised float32 NHWC images
 it returns the three NHWC maps: the `host_decoder.Backend` that `host_decoder.HostDecoder` expects,
 whatever the model's layout and batch. The model's spatial size is fixed at export: smaller
-inputs (the test-time warp of a photo) are padded at the bottom/right with black, as
-`decode.JaxDecoder(bucket=...)` does, and the outputs cropped; larger inputs are an error that
-says which `--size` to export. `onnx_estimator` builds the whole `PoseEstimator`.
+inputs are padded at the bottom/right with black, as `jax_decoder.JaxDecoder(bucket=...)` does,
+and the outputs cropped; larger inputs are an error that says which `--size` to export.
+`onnx_estimator` builds the whole `PoseEstimator`; by default it fits every image into the
+model's size (`transforms.fit_size`), so that any image runs; with `input_wh=None` it warps as
+the reference does (per-image test sizes, which the model must hold: evaluation's protocol).
 """
 
 import dataclasses
@@ -26,6 +28,8 @@ from ehrnet_jax.scaling import ScalingSpec
 
 EXPORT_HINT = ("write the model with `ehrnet export --variant NAME --checkpoint DIR --format onnx "
                "--out FILE.onnx`")
+# `onnx_estimator(input_wh=MODEL_SIZE)`: fit every image into the model's exported size.
+MODEL_SIZE = "model"
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -116,14 +120,31 @@ class OnnxNetwork:
 
 def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool = True,
                    device: str = "cpu",
-                   config: grouping.GroupingConfig = grouping.GroupingConfig()
-                   ) -> PoseEstimator:
-  """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it."""
+                   config: grouping.GroupingConfig = grouping.GroupingConfig(),
+                   input_wh: tuple[int, int] | str | None = MODEL_SIZE) -> PoseEstimator:
+  """A `PoseEstimator` running an exported ONNX model; `variant`, if given, must match it.
+
+  `input_wh`: `MODEL_SIZE` (default) fits every image into the model's exported size; (w, h)
+  into that network input (padded to the model's size), which with every test scale must fit the
+  model (UserError otherwise); None: the reference's per-image test sizes (`PoseEstimator`).
+  """
   network = OnnxNetwork(path, device)
   stored = network.info.spec
   if variant is not None and ScalingSpec.from_name(variant) != stored:
     raise UserError(f"{path} holds variant {stored.name}, not {variant}; pass "
                     f"--variant {stored.variant_arg} or another model")
+  model_h, model_w = network.info.image_hw
+  if input_wh == MODEL_SIZE:
+    input_wh = (model_w, model_h)
   keypoint_set = keypoints_lib.COCO
   decoder = HostDecoder(network, keypoint_set.flip_index if flip else None)
-  return PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config)
+  estimator = PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config,
+                            input_wh)
+  if input_wh is not None:
+    w, h = estimator.input_sizes(input_wh[::-1])[0]   # the largest scale's, for any image
+    if w > model_w or h > model_h:
+      raise UserError(f"{path} takes network inputs up to {model_h}x{model_w} (HxW), but "
+                      f"{input_wh[1]}x{input_wh[0]} at scale {max(estimator.scales):g} needs "
+                      f"{h}x{w}; choose a smaller input size or scales, or export with a larger "
+                      "`--size`")
+  return estimator

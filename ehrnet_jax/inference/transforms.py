@@ -7,9 +7,15 @@ reference's (`get_multi_scale_size`, `get_affine_transform` with rotation 0, `ge
   the aspect ratio and is rounded up to a multiple of 64 as well. Other scales multiply both.
 - The warp is isotropic: `scale` (in units of 200 px) says how many image pixels the output width
   covers, and `center` (integer pixels) lands on the centre of the output.
+
+`fit_size` is the same warp into a network input of a given size (a fixed-size exported model, a
+stream): the whole image, centred, at the largest zoom that fits it, the rest black. Into the
+reference's own test size it is the reference's warp wherever that holds the whole image. With
+`input_wh`, `pyramid_sizes` runs scale s at `input_wh` times s over the same image region.
 """
 
 import dataclasses
+import re
 
 import cv2
 import numpy as np
@@ -44,7 +50,7 @@ def multi_scale_size(image_wh: tuple[int, int], input_size: int, current_scale: 
     min_scale: the smallest scale of the pyramid; sizes are multiples of 64 at this scale.
   """
   w, h = image_wh
-  center = (int(w / 2.0 + 0.5), int(h / 2.0 + 0.5))
+  center = _center(image_wh)
   min_input = int((min_scale * input_size + 63) // 64 * 64)
   factor = current_scale / min_scale
   if w < h:
@@ -58,9 +64,39 @@ def multi_scale_size(image_wh: tuple[int, int], input_size: int, current_scale: 
   return TestSize((w_out, h_out), center, scale)
 
 
-def pyramid_sizes(image_wh: tuple[int, int], input_size: int,
-                  scales: tuple[float, ...]) -> list[tuple[float, TestSize]]:
-  """`(scale, TestSize)` for every test scale, largest first, as the reference runs them."""
+def fit_size(image_wh: tuple[int, int], input_wh: tuple[int, int]) -> TestSize:
+  """The warp of a whole (w, h) image into a network input of exactly `input_wh` (w', h').
+
+  The zoom is min(w' / w, h' / h); the image centre (rounded as the reference rounds it, so at
+  most half a pixel off for odd sizes) lands on the input's centre; the rest is padded black by
+  `warp_image`. `map_to_image(points, center, scale, input_wh)` maps back. If `input_wh` is the
+  reference's test size of the image (`multi_scale_size` at scale 1) and holds the whole image,
+  this is that TestSize (the reference's rounding can cut up to a pixel off the long side: a
+  640x426 image at 384 is 576.9 pixels wide in a 576x384 input; fitted, it is 383.4 high).
+  """
+  (w, h), (w_in, h_in) = image_wh, input_wh
+  # h_in / h vs w_in / w in integers; on a tie, the reference's branch (w >= h), same floats.
+  if h_in * w < w_in * h or (h_in * w == w_in * h and w >= h):   # the height fills the input
+    scale = (w_in / h_in * h / PIXEL_STD, h / PIXEL_STD)
+  else:                                                          # the width does
+    scale = (w / PIXEL_STD, h_in / w_in * w / PIXEL_STD)
+  return TestSize(tuple(input_wh), _center(image_wh), scale)
+
+
+def _center(image_wh: tuple[int, int]) -> tuple[int, int]:
+  """The image centre in integer pixels, rounded as the reference rounds it."""
+  w, h = image_wh
+  return int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
+
+
+def pyramid_sizes(image_wh: tuple[int, int], input_size: int, scales: tuple[float, ...],
+                  input_wh: tuple[int, int] | None = None) -> list[tuple[float, TestSize]]:
+  """`(scale, TestSize)` for every test scale, largest first.
+
+  `input_wh` None: the reference's sizes (`multi_scale_size`). Else the image is fitted into
+  `input_wh` at scale 1 (`fit_size`) and scale s runs the same region at `input_wh` times s
+  (rounded), which must be multiples of 32 as well.
+  """
   if not scales or min(scales) <= 0:
     raise UserError(f"test scales must be positive numbers, got {scales}")
   if len(scales) > 1 and 1.0 not in scales:
@@ -68,14 +104,33 @@ def pyramid_sizes(image_wh: tuple[int, int], input_size: int,
                     f"got {scales}")
   min_scale = min(scales)
   sizes = []
+  fitted = None if input_wh is None else fit_size(image_wh, input_wh)
   for s in sorted(scales, reverse=True):
-    size = multi_scale_size(image_wh, input_size, s, min_scale)
+    if fitted is None:
+      size = multi_scale_size(image_wh, input_size, s, min_scale)
+    else:
+      size = dataclasses.replace(fitted, size_wh=tuple(round(v * s) for v in input_wh))
     if size.size_wh[0] % 32 or size.size_wh[1] % 32:
       raise UserError(f"scale {s} (smallest {min_scale}) gives a network input of "
                       f"{size.size_wh[0]}x{size.size_wh[1]}, which is not a multiple of 32; "
                       f"choose scales such as 0.5,1,1.5 or 0.75,1,1.25")
     sizes.append((s, size))
   return sizes
+
+
+def parse_hw(text: str, flag: str) -> tuple[int, int]:
+  """'384x640' (HxW, height first) -> (384, 640): a network input size given as `flag`.
+
+  UserError naming `flag` unless both sides are positive multiples of 32 (the network's stride).
+  """
+  match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+  if not match:
+    raise UserError(f"{flag} must be HxW (height first) such as 384x640; got {text!r}")
+  h, w = int(match[1]), int(match[2])
+  if h % 32 or w % 32 or not h or not w:
+    raise UserError(f"{flag} {h}x{w}: both sides must be positive multiples of 32 (the "
+                    "network's stride); e.g. 384x640")
+  return h, w
 
 
 def affine_matrix(center, scale, output_wh, inverse: bool = False) -> np.ndarray:

@@ -3,7 +3,7 @@ and `ehrnet evaluate` with `_runtime.make_estimator` replaced by `use_in_command
 
 `content_backend`'s heatmaps peak at pixels drawn from a hash of each input image: exact,
 independent of the batch, and different for different images, so that results can be compared
-between runs and files. Run as a script, it is `ehrnet` with that estimator, each network call
+between runs and files. `peak_backend`'s peak at given pixels of the network input. Run as a script, it is `ehrnet` with that estimator, each network call
 `delay_s` slower (for tests that kill it in the middle):
   python tests/support/host_pose.py DELAY_S predict --backend onnx --checkpoint x.onnx ...
 """
@@ -30,6 +30,25 @@ def content_backend(images):
     heatmaps_2[index, ys, xs + 1, joints] = heatmaps_2[index, ys + 1, xs, joints] = 0.5
   heatmaps_4 = np.zeros((b, h // 4, w // 4, len(joints)), np.float32)
   return heatmaps_4, np.zeros_like(heatmaps_4), heatmaps_2
+
+
+def peak_backend(peaks_2):
+  """A host backend whose 1/2-resolution heatmap j peaks at `peaks_2[j]` = (x, y), whatever the
+  images.
+
+  The peak pixel has value 1 and its right and lower neighbours 0.5, so that the upsampled maps
+  have a single maximum, at input pixel (2x + 1, 2y + 1), whose left/upper neighbours are the
+  higher ones: the decoded joint is at (2x + 1.25, 2y + 1.25) with value 0.375 (worked by hand).
+  """
+  def backend(images):
+    b, h, w, _ = images.shape
+    heatmaps_2 = np.zeros((b, h // 2, w // 2, len(peaks_2)), np.float32)
+    for j, (x, y) in enumerate(peaks_2):
+      heatmaps_2[:, y, x, j] = 1.0
+      heatmaps_2[:, y, x + 1, j] = heatmaps_2[:, y + 1, x, j] = 0.5
+    heatmaps_4 = np.zeros((b, h // 4, w // 4, len(peaks_2)), np.float32)
+    return heatmaps_4, np.zeros_like(heatmaps_4), heatmaps_2
+  return backend
 
 
 class CountingBackend:
