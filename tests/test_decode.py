@@ -68,6 +68,12 @@ def _jax_decoder(flip=True, **kwargs):
                            flip_index=FLIP if flip else None, **kwargs)
 
 
+def _host_maps(maps) -> tuple[np.ndarray, np.ndarray]:
+  """A batch's heatmaps (B, J, H, W) and tags (B, J, H, W, T) on the host, from either decoder."""
+  images = [m.to_host() if hasattr(m, "to_host") else m for m in maps.images]
+  return np.stack([m.heatmaps for m in images]), np.stack([m.tags for m in images])
+
+
 def _random_images(shape):
   return np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
 
@@ -82,6 +88,7 @@ def test_flip_and_projection_match_plain_numpy():
     return np.stack([cv2.resize(m, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
                      for m in np.moveaxis(maps_hwc, -1, 0)], -1)
 
+  heatmaps, tags = _host_maps(maps)
   x = images_lib.normalize(images)
   for b in range(2):
     views_heat, views_tags = [], []
@@ -94,9 +101,9 @@ def test_flip_and_projection_match_plain_numpy():
         heat, tag = heat[:, ::-1][..., FLIP], tag[:, ::-1][..., FLIP]
       views_heat.append(resize(heat, base_hw))
       views_tags.append(resize(tag, base_hw))
-    np.testing.assert_allclose(maps.heatmaps[b], ((views_heat[0] + views_heat[1]) / 2)
+    np.testing.assert_allclose(heatmaps[b], ((views_heat[0] + views_heat[1]) / 2)
                                .transpose(2, 0, 1), atol=1e-5)
-    np.testing.assert_allclose(maps.tags[b], np.stack(views_tags, -1).transpose(2, 0, 1, 3),
+    np.testing.assert_allclose(tags[b], np.stack(views_tags, -1).transpose(2, 0, 1, 3),
                                atol=1e-5)
 
 
@@ -108,24 +115,24 @@ def test_jax_and_host_decoders_agree_multiscale():
   assert [s.size_wh for _, s in estimator_sizes] == [(192, 384), (128, 256), (64, 128)]
   pyramid = [(s, transforms.warp_image(image, size)[None]) for s, size in estimator_sizes]
   base_hw = estimator_sizes[1][1].size_wh[::-1]
-  device = _jax_decoder()(pyramid, base_hw)
-  host = inference.HostDecoder(lambda x: _toy_network(x, np), FLIP)(pyramid, base_hw)
-  assert device.heatmaps.shape == host.heatmaps.shape == (1, J, 256, 128)
-  assert device.tags.shape == host.tags.shape == (1, J, 256, 128, 2)
-  np.testing.assert_allclose(device.heatmaps, host.heatmaps, atol=1e-5)
-  np.testing.assert_allclose(device.tags, host.tags, atol=1e-5)
+  device = _host_maps(_jax_decoder()(pyramid, base_hw))
+  host = _host_maps(inference.HostDecoder(lambda x: _toy_network(x, np), FLIP)(pyramid, base_hw))
+  assert device[0].shape == host[0].shape == (1, J, 256, 128)
+  assert device[1].shape == host[1].shape == (1, J, 256, 128, 2)
+  np.testing.assert_allclose(device[0], host[0], atol=1e-5)
+  np.testing.assert_allclose(device[1], host[1], atol=1e-5)
 
 
 def test_bucketing_crops_back_to_the_exact_maps():
   """Padding the network input to a bucket leaves the maps' shape and the interior unchanged."""
   images = _random_images((1, 64, 128, 3))
-  exact = _jax_decoder(flip=False)([(1.0, images)], (64, 128))
-  bucketed = _jax_decoder(flip=False, bucket=256)([(1.0, images)], (64, 128))
-  assert bucketed.heatmaps.shape == exact.heatmaps.shape
+  exact = _host_maps(_jax_decoder(flip=False)([(1.0, images)], (64, 128)))[0]
+  bucketed = _host_maps(_jax_decoder(flip=False, bucket=256)([(1.0, images)], (64, 128)))[0]
+  assert bucketed.shape == exact.shape
   # The toy network is pointwise after pooling, so padding must not change anything beyond
   # rounding: the two programs differ in shape, so XLA may vectorise their sin and resize
   # differently (a few ulps of heatmaps up to ~2, ulp 2.4e-7).
-  np.testing.assert_allclose(bucketed.heatmaps, exact.heatmaps, atol=1e-5)
+  np.testing.assert_allclose(bucketed, exact, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +187,7 @@ def test_oracle_maps_reach_ap_095(coco_mini_dir):
     heat_2, _ = _render(points, size_hw, 2)
     decoder.variables = tuple(m[None] for m in (heat_4, tags_4, heat_2))
     maps = decoder([(1.0, np.zeros((1, *size_hw, 3), np.uint8))], size_hw)
-    found, scores = grouping.parse(maps.heatmaps[0], maps.tags[0], candidates=maps.candidates[0])
+    found, scores = grouping.parse_maps(maps.images[0])
     found = transforms.map_to_image(found, size.center, size.scale, size.size_wh)
     results += coco_results.person_results(image_id, found, scores)
   stats = coco_results.evaluate_keypoints(ground_truth, results, image_ids)

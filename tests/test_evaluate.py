@@ -75,7 +75,8 @@ def test_device_candidates_give_the_same_people_as_host_grouping(checkpoint, coc
   poses = estimator([image])[0]
   size = transforms.multi_scale_size(image.shape[1::-1], 384, 1.0, 1.0)
   maps = estimator.decoder([(1.0, transforms.warp_image(image, size)[None])], size.size_wh[::-1])
-  people, scores = grouping.parse(maps.heatmaps[0], maps.tags[0])
+  host = maps.images[0].to_host()
+  people, scores = grouping.parse(host.heatmaps, host.tags)
   assert len(people) > 0
   np.testing.assert_array_equal(scores, poses.scores)
   np.testing.assert_allclose(transforms.map_to_image(people, size.center, size.scale,

@@ -58,11 +58,11 @@ def test_grouping_matches_reference(case, cases, expected):
 
   matched = grouping.match_by_tag(candidates, keypoints.COCO.grouping_order)
   np.testing.assert_array_equal(matched, _people(want["matched"]).astype(np.float32))
-  adjusted = grouping.adjust(matched, heatmaps)
+  adjusted = grouping.adjust(matched, grouping.HostMaps(heatmaps, tags))
   np.testing.assert_array_equal(adjusted, _people(want["adjusted"]).astype(np.float32))
   scores = grouping.person_scores(adjusted)
   np.testing.assert_allclose(scores, want["scores"], rtol=0, atol=1e-5)
-  refined = grouping.refine(adjusted, heatmaps, tags)
+  refined = grouping.refine(adjusted, grouping.HostMaps(heatmaps, tags))
   np.testing.assert_allclose(refined, _people(want["parsed"]), rtol=0, atol=1e-5)
 
   # The one-call API gives the same, and so does the mapping to the image.
@@ -117,7 +117,7 @@ def test_refine_equals_full_scan_on_dense_maps(size_hw, quantise):
   config = grouping.GroupingConfig(refine=False, detection_threshold=0.2)
   people, _ = grouping.parse(heatmaps, np.ascontiguousarray(tags), config=config)
   assert len(people) > 3 and (people[:, :, 2] == 0).any()
-  np.testing.assert_array_equal(grouping.refine(people, heatmaps, tags, tile=16),
+  np.testing.assert_array_equal(grouping.refine(people, grouping.HostMaps(heatmaps, tags)),
                                 _refine_by_full_scan(people, heatmaps, tags))
 
 

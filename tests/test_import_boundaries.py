@@ -107,7 +107,7 @@ def test_model_step_decoder_and_writer_work_without_tf_tfds_pycocotools_jax2onnx
 
 GRAPH = import_graph.project_graph()
 INFERENCE = "ehrnet_jax.inference"
-BACKENDS = {f"{INFERENCE}.jax_decoder", f"{INFERENCE}.onnx_decoder"}
+BACKENDS = {f"{INFERENCE}.jax_decoder", f"{INFERENCE}.device_maps", f"{INFERENCE}.onnx_decoder"}
 # Reads COCO evaluation images from the TFDS build through the TensorFlow input pipeline (which
 # uses JAX) when asked to; its own imports are checked below.
 TFDS_SOURCE = f"{INFERENCE}.coco_evaluation"

@@ -30,14 +30,12 @@ from ehrnet_jax.inference import grouping, transforms
 
 @dataclasses.dataclass
 class Maps:
-  """Decoded maps of a batch, channel-first, at the network input size of scale 1.
+  """Decoded maps of a batch at the network input size of scale 1.
 
-  heatmaps (B, J, H, W); tags (B, J, H, W, T); candidates: per image the top-k peaks, or None to
-  let the grouping find them; network_s / decode_s: seconds spent on the batch.
+  images: per image, its maps as the grouping reads them (`grouping.MapSource`: NumPy arrays for
+  `HostDecoder`, device arrays for `JaxDecoder`); network_s / decode_s: seconds spent on the batch.
   """
-  heatmaps: np.ndarray
-  tags: np.ndarray
-  candidates: list[grouping.Candidates] | None
+  images: list[grouping.MapSource]
   network_s: float
   decode_s: float
 
@@ -129,9 +127,7 @@ class PoseEstimator:
     results = []
     for index, image_sizes in enumerate(sizes):
       start = time.perf_counter()
-      people, scores = grouping.parse(
-          maps.heatmaps[index], maps.tags[index], self.keypoint_set, self.config,
-          candidates=None if maps.candidates is None else maps.candidates[index])
+      people, scores = grouping.parse_maps(maps.images[index], self.keypoint_set, self.config)
       # The reference maps back with the (center, scale) of the last scale it ran.
       last = image_sizes[-1][1]
       people = transforms.map_to_image(people, last.center, last.scale, base_wh)

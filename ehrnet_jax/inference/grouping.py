@@ -1,10 +1,9 @@
-"""Associative-embedding grouping on the host: joint candidates in, people out.
+"""Associative-embedding grouping: joint candidates in, people out.
 
-NumPy only (no JAX), so it also serves backends that produce the maps elsewhere (ONNX).
-It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping) exactly:
+NumPy only (no JAX). It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping)
+exactly:
 
-1. `top_k_candidates`: max-pool NMS and the k strongest peaks per joint (done on device by
-   `ehrnet_jax.inference.jax_decoder` in the JAX pipeline; this is the host version).
+1. `top_k_candidates`: max-pool NMS and the k strongest peaks per joint.
 2. `match_by_tag`: joints visited in the keypoint set's grouping order; candidates above the
    detection threshold are assigned to people by tag distance with the reference's minimum-cost
    assignment (`assignment.min_cost_assignment`, munkres 3.0.0's choice among tied optima).
@@ -13,12 +12,18 @@ It reproduces the reference's `HeatmapParser.parse` (HigherHRNet grouping) exact
 5. `refine`: fills each person's missing joints with the best pixel of
    `heatmap - round(|tag - person tag|)`, found exactly but without scanning every pixel.
 
+Steps 1, 3 and 5 read the maps through a `MapSource`, so the maps can stay where they were made:
+`HostMaps` holds them in NumPy (this module; any backend, e.g. ONNX), while
+`ehrnet_jax.inference.device_maps.DeviceMaps` keeps them on the JAX device and sends only
+candidates, offsets and the refined pixels to the host.
+
 Maps are per image and channel-first: heatmaps (J, H, W), tags (J, H, W, T) with T = 2 when
 flip testing (orig, flip). People are float32 (P, J, 3 + T): x, y, value, tags; undetected joints
 are all zero.
 """
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 
@@ -150,7 +155,25 @@ def match_by_tag(candidates: Candidates, grouping_order, config: GroupingConfig 
   return np.stack(rows_per_person).astype(np.float32)
 
 
-def _quarter_offsets(heatmaps: np.ndarray, joint, x, y):
+class MapSource(Protocol):
+  """One image's maps, wherever they are, as the grouping reads them."""
+
+  def candidates(self) -> Candidates:
+    """The top-k NMS peaks per joint (`top_k_candidates`)."""
+    ...
+
+  def quarter_offsets(self, joint: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """`quarter_offsets` at candidate pixels (joint, x, y), each (N,): offset_x, offset_y."""
+    ...
+
+  def refined_pixels(self, mean_tags: np.ndarray, joint: np.ndarray):
+    """For queries (mean tag float32 (N, T), joint (N,)): the first pixel (raster order)
+    maximising `heatmaps[joint] - round(|tags[joint] - mean tag|)` in float32, as x, y (int64),
+    the heatmap value there (float32) and its `quarter_offsets`, each (N,)."""
+    ...
+
+
+def quarter_offsets(heatmaps: np.ndarray, joint, x, y):
   """+0.25 towards the higher horizontal/vertical neighbour, -0.25 on ties (clamped borders)."""
   _, h, w = heatmaps.shape
   right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
@@ -160,13 +183,33 @@ def _quarter_offsets(heatmaps: np.ndarray, joint, x, y):
   return np.where(right > left, 0.25, -0.25), np.where(down > up, 0.25, -0.25)
 
 
-def adjust(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
+class HostMaps:
+  """A `MapSource` over NumPy maps: heatmaps (J, H, W), tags (J, H, W, T)."""
+
+  def __init__(self, heatmaps: np.ndarray, tags: np.ndarray,
+               config: GroupingConfig = GroupingConfig()):
+    self.heatmaps = np.asarray(heatmaps, np.float32)
+    self.tags = np.asarray(tags, np.float32)
+    self.config = config
+
+  def candidates(self) -> Candidates:
+    return top_k_candidates(self.heatmaps, self.tags, self.config)
+
+  def quarter_offsets(self, joint, x, y):
+    return quarter_offsets(self.heatmaps, joint, x, y)
+
+  def refined_pixels(self, mean_tags, joint):
+    x, y = best_pixels(self.heatmaps, self.tags, mean_tags, joint, self.config.refine_tile)
+    return (x, y, self.heatmaps[joint, y, x]) + quarter_offsets(self.heatmaps, joint, x, y)
+
+
+def adjust(people: np.ndarray, maps: MapSource) -> np.ndarray:
   """Moves detected joints a quarter pixel towards the higher neighbour, then to pixel centres."""
   people = people.copy()
   person, joint = np.nonzero(people[:, :, 2] > 0)
   x = people[person, joint, 0].astype(np.int64)
   y = people[person, joint, 1].astype(np.int64)
-  offset_x, offset_y = _quarter_offsets(heatmaps, joint, x, y)
+  offset_x, offset_y = maps.quarter_offsets(joint, x, y)
   people[person, joint, 0] = x + offset_x + 0.5
   people[person, joint, 1] = y + offset_y + 0.5
   return people
@@ -177,25 +220,20 @@ def person_scores(people: np.ndarray) -> np.ndarray:
   return np.array([p[:, 2].mean() for p in people], np.float32)
 
 
-def refine(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
-           tile: int = 16) -> np.ndarray:
+def refine(people: np.ndarray, maps: MapSource) -> np.ndarray:
   """Fills every person's undetected joints from the maps.
 
   For person p and joint j the reference takes the first (raster order) pixel maximising
   `heatmaps[j] - round(|tags[j] - mean tag of p|)` and fills the joint if its heatmap value there
-  is positive. Scanning P x J full maps is what makes the reference slow, so this finds the same
-  pixel with a bounded search: per `tile` x `tile` block it keeps the maximum heatmap value and
-  the box of tag values, which bound the objective from above; only blocks whose bound can reach
-  (or tie at an earlier pixel) the best value seen are evaluated, exactly, in float32 as the
-  reference does.
+  is positive (`MapSource.refined_pixels` finds it). The mean tag of a person is that of its
+  detected joints, whose tags `match_by_tag` kept in `people`.
   """
   people = people.copy()
   person, joint = np.nonzero(people[:, :, 2] == 0)
   if person.size == 0:
     return people
-  mean_tags = _mean_person_tags(people, tags)                          # (P, T)
-  x, y, value = _best_pixels(heatmaps, tags, mean_tags[person], joint, tile)
-  offset_x, offset_y = _quarter_offsets(heatmaps, joint, x, y)
+  mean_tags = _mean_person_tags(people)                                # (P, T)
+  x, y, value, offset_x, offset_y = maps.refined_pixels(mean_tags[person], joint)
   fill = value > 0
   person, joint = person[fill], joint[fill]
   people[person, joint, 0] = (x + 0.5 + offset_x)[fill]
@@ -204,24 +242,24 @@ def refine(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
   return people
 
 
-def _mean_person_tags(people: np.ndarray, tags: np.ndarray) -> np.ndarray:
-  """float32 (P, T): mean tag at the (integer) positions of each person's detected joints."""
-  num_people, num_joints, _ = people.shape
-  detected = people[:, :, 2] > 0
-  x = people[:, :, 0].astype(np.int64)
-  y = people[:, :, 1].astype(np.int64)
-  total = np.zeros((num_people, tags.shape[-1]), np.float32)
-  for j in range(num_joints):   # summed in joint order, like the reference's float32 mean
-    total = total + np.where(detected[:, j, None], tags[j, y[:, j], x[:, j]], np.float32(0))
-  return total / detected.sum(1, keepdims=True).astype(np.float32)
+def _mean_person_tags(people: np.ndarray) -> np.ndarray:
+  """float32 (P, T): mean tag of each person's detected joints (the tags at their pixels)."""
+  detected = people[:, :, 2:3] > 0                                        # (P, J, 1)
+  total = np.zeros((len(people), people.shape[2] - 3), np.float32)
+  for j in range(people.shape[1]):   # summed in joint order, like the reference's float32 mean
+    total = total + np.where(detected[:, j], people[:, j, 3:], np.float32(0))
+  return total / detected.sum(1).astype(np.float32)
 
 
-def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
+def best_pixels(heatmaps, tags, mean_tags, joint, tile: int = 16, batch_tiles: int = 4):
   """For each query n: the first pixel maximising `heatmaps[joint[n]] - round(|tag - m_n|)`.
 
-  Best-first over tiles: each round evaluates, for every query that still has a tile able to
+  Scanning P x J full maps is what makes the reference's refine slow, so this finds the same
+  pixel with a bounded search: per `tile` x `tile` block it keeps the maximum heatmap value and
+  the box of tag values, which bound the objective from above; best-first, each round evaluates,
+  exactly and in float32 as the reference does, for every query that still has a tile able to
   beat its best value so far (or to tie it at an earlier pixel), its `batch_tiles` tiles of
-  highest bound. Returns x, y (int64) and the heatmap value there (float32), each (N,).
+  highest bound. Returns x, y (int64), each (N,).
   """
   _, h, w = heatmaps.shape
   tiles = _Tiles(heatmaps, tags, tile)
@@ -249,8 +287,7 @@ def _best_pixels(heatmaps, tags, mean_tags, joint, tile, batch_tiles=4):
     value, flat = value[order][first], flat[order][first]
     better = (value > best[query]) | ((value == best[query]) & (flat < index[query]))
     best[query[better]], index[query[better]] = value[better], flat[better]
-  y, x = index // w, index % w
-  return x, y, heatmaps[joint, y, x]
+  return index % w, index // w
 
 
 class _Tiles:
@@ -322,29 +359,29 @@ def _reduce_axis(array: np.ndarray, axis: int, ufunc) -> np.ndarray:
 
 def parse(heatmaps: np.ndarray, tags: np.ndarray,
           keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
-          config: GroupingConfig = GroupingConfig(),
-          candidates: Candidates | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Groups one image's maps into people (the reference's `HeatmapParser.parse`).
+          config: GroupingConfig = GroupingConfig()) -> tuple[np.ndarray, np.ndarray]:
+  """Groups one image's NumPy maps into people (the reference's `HeatmapParser.parse`).
 
   Args:
     heatmaps: float32 (J, H, W) at network-input resolution.
     tags: float32 (J, H, W, T).
     keypoint_set: gives the joint order of the grouping.
     config: thresholds and switches.
-    candidates: the top-k peaks if already found (e.g. on device); computed here otherwise.
 
   Returns:
     people: float32 (P, J, 3 + T) in map pixels (x, y, value, tags); refined joints have tags 0.
     scores: float32 (P,), the mean joint value before refine.
   """
-  heatmaps = np.asarray(heatmaps, np.float32)
-  tags = np.asarray(tags, np.float32)
-  if candidates is None:
-    candidates = top_k_candidates(heatmaps, tags, config)
-  people = match_by_tag(candidates, keypoint_set.grouping_order, config)
+  return parse_maps(HostMaps(heatmaps, tags, config), keypoint_set, config)
+
+
+def parse_maps(maps: MapSource, keypoint_set: keypoints_lib.KeypointSet = keypoints_lib.COCO,
+               config: GroupingConfig = GroupingConfig()) -> tuple[np.ndarray, np.ndarray]:
+  """`parse` on maps wherever they are (`MapSource`)."""
+  people = match_by_tag(maps.candidates(), keypoint_set.grouping_order, config)
   if config.adjust:
-    people = adjust(people, heatmaps)
+    people = adjust(people, maps)
   scores = person_scores(people)
   if config.refine:
-    people = refine(people, heatmaps, tags, config.refine_tile)
+    people = refine(people, maps)
   return people, scores

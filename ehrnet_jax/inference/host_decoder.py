@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ehrnet_jax import images as images_lib
-from ehrnet_jax.inference import aggregation
+from ehrnet_jax.inference import aggregation, grouping
 from ehrnet_jax.inference.estimator import Maps
 
 # float32 normalised images (B, H, W, 3) -> heatmaps_4 (B, H/4, W/4, J), tags_4 (same),
@@ -24,9 +24,11 @@ class HostDecoder:
 
   batch_size = 1   # one image per call: the backend's own device (ONNX Runtime) runs it
 
-  def __init__(self, backend: Backend, flip_index=None):
+  def __init__(self, backend: Backend, flip_index=None,
+               config: grouping.GroupingConfig = grouping.GroupingConfig()):
     self.backend = backend
     self.flip_index = flip_index
+    self.config = config
 
   def compiles(self, sizes_wh, count) -> bool:   # pylint: disable=unused-argument
     """Never: the backend runs any shape as it is."""
@@ -48,5 +50,6 @@ class HostDecoder:
     start = time.perf_counter()
     maps = aggregation.aggregate_scales([s for s, _ in pyramid], maps)
     heatmaps, tags = aggregation.split_maps(maps)
-    return Maps(np.ascontiguousarray(heatmaps), tags, None, network_s,
-                decode_s + time.perf_counter() - start)
+    images = [grouping.HostMaps(np.ascontiguousarray(h), t, self.config)
+              for h, t in zip(heatmaps, tags)]
+    return Maps(images, network_s, decode_s + time.perf_counter() - start)

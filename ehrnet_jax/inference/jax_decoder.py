@@ -8,7 +8,11 @@ on CPU runs them several times faster apart than fused into one program (measure
 1. network: uint8 images -> normalise -> [images, mirrored images] -> `apply_fn`;
 2. maps: `aggregation.scale_maps` per scale (upsample, flip back, average, project to the input
    size of scale 1), then the mean over scales;
-3. candidates: max-pool NMS, then the top-k peaks per joint (`nms_top_k`).
+3. candidates: max-pool NMS, then the top-k peaks per joint (`nms_top_k`) with their
+   quarter-pixel offsets.
+
+The maps stay on the device: the grouping reads them through `device_maps.DeviceMaps`, one per
+image, which copies only the candidates and the refined pixels to the host.
 
 A decoder runs on a mesh of devices of this process (default: one): each call's batch is padded
 with black images to a multiple of the device count (`batch_size`) and sharded over the devices
@@ -36,6 +40,7 @@ from ehrnet_jax import images as images_lib
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax import traced_programs, weights
 from ehrnet_jax.inference import aggregation, grouping
+from ehrnet_jax.inference.device_maps import DeviceMaps, quarter_offsets, tile_summaries
 from ehrnet_jax.inference.estimator import Maps, PoseEstimator
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.scaling import ScalingSpec
@@ -104,6 +109,7 @@ class JaxDecoder:
     self._mesh = Mesh(np.asarray(devices or jax.local_devices()[:1]), ("batch",))
     self.batch_size = self._mesh.size
     self.variables = variables
+    self.config = config
     network = functools.partial(_network, apply_fn, flip_index is not None, bucket)
     if network_name is not None and self.batch_size == 1:
       self._network = traced_programs.exported_jit(
@@ -148,12 +154,13 @@ class JaxDecoder:
     network_done = time.perf_counter()
     scales = tuple(float(s) for s, _ in pyramid)
     maps = self._maps(outputs, scales=scales, base_hw=tuple(base_hw))
-    xy, values, candidate_tags = jax.device_get(self._top_k(self._nms(maps), maps))
-    heatmaps, tags = aggregation.split_maps(np.asarray(maps)[:, :count])
-    candidates = [grouping.Candidates(*parts)
-                  for parts in zip(xy[:count], values[:count], candidate_tags[:count])]
+    xy, values, candidate_tags, offsets = jax.device_get(self._top_k(self._nms(maps), maps))
+    tiled = tile_summaries(maps, self.config.refine_tile)
+    images = [DeviceMaps(tiled, base_hw, index,
+                         grouping.Candidates(xy[index], values[index], candidate_tags[index]),
+                         offsets[index], self.config) for index in range(count)]
     self._shapes_run.add(shapes)
-    return Maps(heatmaps, tags, candidates, network_s=network_done - start,
+    return Maps(images, network_s=network_done - start,
                 decode_s=time.perf_counter() - network_done)
 
 
@@ -221,8 +228,12 @@ def _maps(flip_index, outputs, scales, base_hw):
 
 
 def _top_k_with_tags(k, peaks, maps):
-  """`top_k` of the peaks, with the tags from stacked maps (1 + T, B, J, H, W) (no restacking)."""
+  """`top_k` of the peaks, with the tags from stacked maps (1 + T, B, J, H, W) (no restacking)
+  and the `quarter_offsets` there (B, J, k, 2)."""
   xy, values, index = top_k(peaks, k)
   flat_tags = maps[1:].reshape(maps.shape[0] - 1, *index.shape[:2], -1)   # (T, B, J, H*W)
   tags = jnp.take_along_axis(flat_tags, index[None], axis=3)
-  return xy, values, jnp.moveaxis(tags, 0, -1)
+  joint = jnp.broadcast_to(jnp.arange(xy.shape[1])[:, None], xy.shape[1:3])
+  offsets = jax.vmap(lambda heatmaps, xy: jnp.stack(
+      quarter_offsets(heatmaps, joint, xy[..., 0], xy[..., 1]), -1))(maps[0], xy)
+  return xy, values, jnp.moveaxis(tags, 0, -1), offsets

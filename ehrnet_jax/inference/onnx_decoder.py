@@ -137,7 +137,7 @@ def onnx_estimator(path, variant: str | None = None, scales=(1.0,), flip: bool =
   if input_wh == MODEL_SIZE:
     input_wh = (model_w, model_h)
   keypoint_set = keypoints_lib.COCO
-  decoder = HostDecoder(network, keypoint_set.flip_index if flip else None)
+  decoder = HostDecoder(network, keypoint_set.flip_index if flip else None, config)
   estimator = PoseEstimator(decoder, network.info.input_size, scales, keypoint_set, config,
                             input_wh)
   if input_wh is not None:
