@@ -1,38 +1,160 @@
-"""Grouping speed on the reference's 12 fixture cases (NMS + top-k + match + adjust + refine).
+"""Grouping speed and parity: fixture cases, maps rendered from COCO annotations, a frame's parts.
 
 Usage:
-  python benchmarks/grouping.py [--shared ../shared] [--repeats 7]
+  python benchmarks/grouping.py [--shared ../shared] [--parts fixtures,rendered,frame]
+      [--compare-with OLD_grouping.py] [--reference-parser HigherHRNet/lib/core/group.py]
 
-Times `ehrnet_jax.inference.grouping.parse` on the maps of
-`fixtures/reference/grouping_cases.npz` the way the
-reference parser was timed (1 warm-up call, then the median of `--repeats` calls per case), checks
-that every result equals `grouping_expected.json`, and prints a Markdown table. The reference
-figures are the ones measured on the same 2-core machine (fixtures/reference/README.md §2).
+- fixtures: `grouping.parse` on the maps of `fixtures/reference/grouping_cases.npz`, timed the
+  way the reference parser was (1 warm-up call, then the median of `--repeats` calls per case),
+  every result checked against `grouping_expected.json`; the reference's figures are those the
+  fixtures' README gives for the same kind of 2-core machine.
+- rendered: per coco-mini image with people (`rendered_maps`: network outputs rendered from its
+  annotations, through the host aggregation with flip), at short sides 384 and 512: the median
+  ms per image of the host grouping (`grouping.parse`), of the grouping reading the maps on the
+  JAX device (`device_maps.DeviceMaps`, after the real JAX decoding; bytes fetched), of
+  `--compare-with` (another `grouping.py`, e.g. `git show REV:ehrnet_jax/inference/grouping.py`)
+  and of the authors' `HeatmapParser.parse` (`--reference-parser`: its `group.py`, with torch and
+  munkres 3.0.0 importable), all on the same maps in one run; people, keypoints and scores are
+  compared exactly with the host grouping's.
+- frame: one frame's parts for H-4 at 384 and H0 at 512 (a coco-mini image with several people):
+  the network (random weights: its time does not depend on them; JAX in the fastest inference form
+  on this backend, and onnxruntime CPU on an export made here), then on that image's rendered
+  outputs the decoding, the device->host copy (bytes, ms), the matching (candidates,
+  match_by_tag, adjust) and refine: the JAX path as it is (maps on the device) and as it was (all
+  maps copied, host grouping of `--compare-with`), and the onnxruntime path (host maps).
 """
 
 import argparse
+import importlib.util
 import json
 import pathlib
+import platform
 import statistics
+import sys
+import tempfile
 import time
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ehrnet_jax.inference import grouping
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import rendered_maps  # pylint: disable=wrong-import-position
+
+from ehrnet_jax import keypoints  # pylint: disable=wrong-import-position
+from ehrnet_jax.export import network, onnx as onnx_export  # pylint: disable=wrong-import-position
+from ehrnet_jax.inference import grouping, host_decoder, jax_decoder  # pylint: disable=wrong-import-position
+from ehrnet_jax.inference.onnx_decoder import OnnxNetwork  # pylint: disable=wrong-import-position
+from ehrnet_jax.models import EfficientHRNet, init_variables  # pylint: disable=wrong-import-position
+from ehrnet_jax.scaling import ScalingSpec  # pylint: disable=wrong-import-position
 
 REFERENCE_MEDIAN_MS = 441.0   # median over the 12 cases of the reference's per-case medians
+FLIP = keypoints.COCO.flip_index
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--shared", type=pathlib.Path,
-                      default=pathlib.Path(__file__).resolve().parents[2] / "shared")
-  parser.add_argument("--repeats", type=int, default=7)
-  args = parser.parse_args()
-  reference = args.shared / "fixtures" / "reference"
-  expected = json.loads((reference / "grouping_expected.json").read_text())["cases"]
-  cases = np.load(reference / "grouping_cases.npz")
+def median_ms(fn, repeats: int):
+  """fn's result and the median ms of `repeats` calls after one warm-up call."""
+  result = fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return result, 1e3 * statistics.median(times)
 
+
+def load_module(path: pathlib.Path, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def reference_parser(path: pathlib.Path):
+  """The authors' `HeatmapParser` with the Example Configs' TEST settings, as
+  `parse(heatmaps, tags) -> (people, scores)` on NumPy maps."""
+  import torch  # pylint: disable=import-outside-toplevel
+  section = types.SimpleNamespace
+  cfg = section(DATASET=section(NUM_JOINTS=17, MAX_NUM_PEOPLE=30, WITH_CENTER=False),
+                TEST=section(DETECTION_THRESHOLD=0.1, TAG_THRESHOLD=1.0, USE_DETECTION_VAL=True,
+                             IGNORE_TOO_MUCH=False, NMS_KERNEL=5, NMS_PADDING=2),
+                MODEL=section(TAG_PER_JOINT=True))
+  parser = load_module(path, "reference_group").HeatmapParser(cfg)
+
+  def parse(heatmaps, tags):
+    ans, scores = parser.parse(torch.from_numpy(heatmaps[None]), torch.from_numpy(tags[None]))
+    people = np.asarray(ans[0], np.float32).reshape(-1, *heatmaps.shape[:1], 2 + tags.shape[-1] + 1)
+    return people, np.asarray(scores, np.float32)
+  return parse
+
+
+def same(found, want) -> bool:
+  return all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(found, want))
+
+
+class RenderedJaxPath:
+  """The JAX decoding (flip test, aggregation, NMS, top-k) of given network outputs: a
+  `JaxDecoder` whose "network" returns its variables, the outputs for [image, mirrored]."""
+
+  def __init__(self):
+    self.decoder = jax_decoder.JaxDecoder(lambda outputs, images: outputs, None, flip_index=FLIP)
+
+  def __call__(self, outputs, size):
+    """-> `Maps` with one `DeviceMaps`."""
+    self.decoder.variables = tuple(jnp.asarray(o) for o in outputs)
+    h, w = size.size_wh[::-1]
+    return self.decoder([(1.0, np.zeros((1, h, w, 3), np.uint8))], (h, w))
+
+
+def rendered_part(args, annotation_file):
+  old = load_module(args.compare_with, "old_grouping") if args.compare_with else None
+  reference = reference_parser(args.reference_parser) if args.reference_parser else None
+  jax_path = RenderedJaxPath()
+  print("\n## Rendered COCO annotations (coco-mini), ms per image, medians\n")
+  print("| short side | images | people/image | host | device path | fetched KB | previous "
+        "| reference | reference / host | identical (device, previous, reference) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for short_side in (384, 512):
+    rows = []
+    for index, (_, image_wh, people) in enumerate(rendered_maps.coco_people(annotation_file)):
+      if index >= args.images:
+        break
+      outputs, size = rendered_maps.rendered_outputs(people, image_wh, short_side, seed=index)
+      maps = host_decoder.HostDecoder(lambda _, o=outputs: o, FLIP)(
+          [(1.0, np.zeros((1, *size.size_wh[::-1], 3), np.uint8))], size.size_wh[::-1])
+      heatmaps, tags = maps.images[0].heatmaps, maps.images[0].tags
+      want, host_ms = median_ms(lambda: grouping.parse(heatmaps, tags), args.repeats)
+      device = jax_path(outputs, size).images[0]
+      found, device_ms = median_ms(lambda: grouping.parse_maps(device), args.repeats)
+      row = {"people": len(want[0]), "host": host_ms, "device": device_ms,
+             "fetched": device.fetched_bytes / (args.repeats + 1),
+             # The device made its own maps (XLA's rounding): compare with the host on those.
+             "same": [same(found, grouping.parse(device.to_host().heatmaps,
+                                                 device.to_host().tags))]}
+      if old:
+        found, row["previous"] = median_ms(lambda: old.parse(heatmaps, tags), args.repeats)
+        row["same"].append(same(found, want))
+      if reference:
+        found, row["reference"] = median_ms(lambda: reference(heatmaps, tags), 1)
+        row["same"].append(same(found, want))
+      rows.append(row)
+    column = lambda key: statistics.median(r[key] for r in rows) if key in rows[0] else None
+    text = lambda value: "-" if value is None else f"{value:.1f}"
+    ratio = (statistics.median(r["reference"] / r["host"] for r in rows)
+             if reference else None)
+    identical = ", ".join(f"{sum(r['same'][i] for r in rows)}/{len(rows)}"
+                          for i in range(len(rows[0]["same"])))
+    print(f"| {short_side} | {len(rows)} | {statistics.mean(r['people'] for r in rows):.1f} | "
+          f"{text(column('host'))} | {text(column('device'))} | "
+          f"{column('fetched') / 1e3:.1f} | {text(column('previous'))} | "
+          f"{text(column('reference'))} | {text(ratio)}x | {identical} |")
+
+
+def fixtures_part(args, reference_dir):
+  expected = json.loads((reference_dir / "grouping_expected.json").read_text())["cases"]
+  cases = np.load(reference_dir / "grouping_cases.npz")
+  print("## Fixture cases (the authors' maps)\n")
   print("| case | people | map W×H | median ms | min ms |")
   print("|---|---|---|---|---|")
   medians = []
@@ -53,6 +175,108 @@ def main():
   print(f"\nmedian of per-case medians: {median:.1f} ms "
         f"(reference {REFERENCE_MEDIAN_MS:.0f} ms: {REFERENCE_MEDIAN_MS / median:.1f}x faster); "
         f"all 12 cases equal grouping_expected.json")
+
+
+def frame_part(args, annotation_file):
+  """One frame's parts, JAX (now and before) and onnxruntime, H-4 at 384 and H0 at 512."""
+  old = load_module(args.compare_with, "old_grouping") if args.compare_with else grouping
+  frames = [(wh, p) for _, wh, p in rendered_maps.coco_people(annotation_file) if len(p) <= 10]
+  image_wh, people = max(frames, key=lambda frame: len(frame[1]))
+  print(f"\n## One frame, ms (a coco-mini image with {len(people)} people)\n")
+  print("| variant | input | path | network | decode | copied to host | matching | refine | "
+        "host work |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for variant, short_side in (("H-4", 384), ("H0", 512)):
+    spec = ScalingSpec.from_name(variant)
+    outputs, size = rendered_maps.rendered_outputs(people, image_wh, short_side)
+    w, h = size.size_wh
+    image = np.zeros((1, h, w, 3), np.uint8)
+    decoder = jax_decoder.network_decoder(spec, init_variables(EfficientHRNet(spec),
+                                                               jax.random.key(0)), FLIP)
+    network_ms = 1e3 * statistics.median(decoder([(1.0, image)], (h, w)).network_s
+                                         for _ in range(args.repeats + 1))
+    # JAX now: maps stay on the device.
+    jax_path, seconds = RenderedJaxPath(), {}
+
+    def jax_now():
+      maps = jax_path(outputs, size)
+      grouping.parse_maps(maps.images[0], seconds=seconds)
+      return maps
+    maps, _ = median_ms(jax_now, args.repeats)
+    fetched = maps.images[0].fetched_bytes + sum(
+        np.asarray(a).nbytes for a in (maps.images[0].candidates().xy,
+                                       maps.images[0].candidates().values,
+                                       maps.images[0].candidates().tags))
+    _row(variant, size, "JAX (maps on device)", network_ms, maps.decode_s * 1e3,
+         f"{fetched / 1e3:.1f} KB", seconds)
+    # JAX before: every map copied to the host, host grouping.
+    copy = {}
+
+    def jax_before():
+      device_maps = jax_path(outputs, size).images[0]
+      start = time.perf_counter()
+      host = device_maps.to_host()
+      copy["ms"], copy["bytes"] = (time.perf_counter() - start) * 1e3, host.heatmaps.nbytes * 3
+      _grouping_parts(old, host.heatmaps, host.tags, seconds)
+    median_ms(jax_before, args.repeats)
+    _row(variant, size, "JAX (before: maps copied)", network_ms, maps.decode_s * 1e3,
+         f"{copy['bytes'] / 1e6:.1f} MB, {copy['ms']:.1f} ms", seconds)
+    # onnxruntime: the network, then host aggregation and grouping.
+    with tempfile.TemporaryDirectory() as tmp:
+      path = pathlib.Path(tmp) / "model.onnx"
+      variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
+      onnx_export.save(onnx_export.export_onnx(
+          spec, variables, network.ExportOptions((h, w), batch=2)), path)
+      session = OnnxNetwork(path)
+      x = np.zeros((2, h, w, 3), np.float32)
+      onnx_ms = median_ms(lambda: session(x), args.repeats)[1]
+    decoder = host_decoder.HostDecoder(lambda _: outputs, FLIP)
+    maps, decode_ms = median_ms(lambda: decoder([(1.0, image)], (h, w)), args.repeats)
+    median_ms(lambda: grouping.parse_maps(maps.images[0], seconds=seconds), args.repeats)
+    _row(variant, size, "onnxruntime (host maps)", onnx_ms, decode_ms, "-", seconds)
+
+
+def _grouping_parts(module, heatmaps, tags, seconds):
+  """`seconds` of matching and refine of a host grouping module (this one or an older one)."""
+  if module is grouping:
+    grouping.parse_maps(grouping.HostMaps(heatmaps, tags), seconds=seconds)
+    return
+  start = time.perf_counter()
+  module.parse(heatmaps, tags, config=module.GroupingConfig(refine=False))
+  matched = time.perf_counter()
+  module.parse(heatmaps, tags)
+  total = time.perf_counter() - matched
+  seconds.update(matching=matched - start, refine=total - (matched - start))
+
+
+def _row(variant, size, path, network_ms, decode_ms, copied, seconds):
+  w, h = size.size_wh
+  host = 1e3 * (seconds["matching"] + seconds["refine"])
+  print(f"| {variant} | {w}×{h} | {path} | {network_ms:.1f} | {decode_ms:.1f} | {copied} | "
+        f"{seconds['matching'] * 1e3:.2f} | {seconds['refine'] * 1e3:.2f} | {host:.2f} |")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--shared", type=pathlib.Path,
+                      default=pathlib.Path(__file__).resolve().parents[2] / "shared")
+  parser.add_argument("--parts", default="fixtures,rendered,frame")
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--images", type=int, default=64, help="rendered coco-mini images per size")
+  parser.add_argument("--compare-with", type=pathlib.Path)
+  parser.add_argument("--reference-parser", type=pathlib.Path)
+  args = parser.parse_args()
+  print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
+        f"jax {jax.__version__}")
+  annotation_file = args.shared / "data" / "coco-mini" / "annotations" / \
+      "person_keypoints_train2017.json"
+  parts = args.parts.split(",")
+  if "fixtures" in parts:
+    fixtures_part(args, args.shared / "fixtures" / "reference")
+  if "rendered" in parts:
+    rendered_part(args, annotation_file)
+  if "frame" in parts:
+    frame_part(args, annotation_file)
 
 
 if __name__ == "__main__":
