@@ -22,6 +22,7 @@ Usage:
   outputs the decoding, the device->host copy (bytes, ms), the matching (candidates,
   match_by_tag, adjust) and refine: the JAX path as it is (maps on the device) and as it was (all
   maps copied, host grouping of `--compare-with`), and the onnxruntime path (host maps).
+  "host work" is matching + refine less the time refine waits for the device.
 """
 
 import argparse
@@ -182,58 +183,73 @@ def frame_part(args, annotation_file):
   old = load_module(args.compare_with, "old_grouping") if args.compare_with else grouping
   frames = [(wh, p) for _, wh, p in rendered_maps.coco_people(annotation_file) if len(p) <= 10]
   image_wh, people = max(frames, key=lambda frame: len(frame[1]))
-  print(f"\n## One frame, ms (a coco-mini image with {len(people)} people)\n")
-  print("| variant | input | path | network | decode | copied to host | matching | refine | "
-        "host work |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print(f"\n## One frame, ms, medians (a coco-mini image with {len(people)} people)\n")
+  print("| variant | input | path | network | decode | copied to host | copy ms | matching | "
+        "refine (on device) | host work |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for variant, short_side in (("H-4", 384), ("H0", 512)):
     spec = ScalingSpec.from_name(variant)
+    variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
     outputs, size = rendered_maps.rendered_outputs(people, image_wh, short_side)
     w, h = size.size_wh
     image = np.zeros((1, h, w, 3), np.uint8)
-    decoder = jax_decoder.network_decoder(spec, init_variables(EfficientHRNet(spec),
-                                                               jax.random.key(0)), FLIP)
+    decoder = jax_decoder.network_decoder(spec, variables, FLIP)
     network_ms = 1e3 * statistics.median(decoder([(1.0, image)], (h, w)).network_s
                                          for _ in range(args.repeats + 1))
-    # JAX now: maps stay on the device.
-    jax_path, seconds = RenderedJaxPath(), {}
+    jax_path = RenderedJaxPath()
 
-    def jax_now():
+    def jax_now(parts):
       maps = jax_path(outputs, size)
-      grouping.parse_maps(maps.images[0], seconds=seconds)
-      return maps
-    maps, _ = median_ms(jax_now, args.repeats)
-    fetched = maps.images[0].fetched_bytes + sum(
-        np.asarray(a).nbytes for a in (maps.images[0].candidates().xy,
-                                       maps.images[0].candidates().values,
-                                       maps.images[0].candidates().tags))
-    _row(variant, size, "JAX (maps on device)", network_ms, maps.decode_s * 1e3,
-         f"{fetched / 1e3:.1f} KB", seconds)
-    # JAX before: every map copied to the host, host grouping.
-    copy = {}
+      source = maps.images[0]
+      grouping.parse_maps(source, seconds=parts)
+      candidates = source.candidates()
+      parts.update(decode=maps.decode_s, refine_device=source.device_s,
+                   copy_bytes=source.fetched_bytes + sum(
+                       a.nbytes for a in (candidates.xy, candidates.values, candidates.tags)))
 
-    def jax_before():
-      device_maps = jax_path(outputs, size).images[0]
+    def jax_before(parts):
+      maps = jax_path(outputs, size)
       start = time.perf_counter()
-      host = device_maps.to_host()
-      copy["ms"], copy["bytes"] = (time.perf_counter() - start) * 1e3, host.heatmaps.nbytes * 3
-      _grouping_parts(old, host.heatmaps, host.tags, seconds)
-    median_ms(jax_before, args.repeats)
-    _row(variant, size, "JAX (before: maps copied)", network_ms, maps.decode_s * 1e3,
-         f"{copy['bytes'] / 1e6:.1f} MB, {copy['ms']:.1f} ms", seconds)
-    # onnxruntime: the network, then host aggregation and grouping.
+      host = maps.images[0].to_host()
+      parts.update(decode=maps.decode_s, copy=time.perf_counter() - start,
+                   copy_bytes=host.heatmaps.nbytes + host.tags.nbytes)
+      _grouping_parts(old, host.heatmaps, host.tags, parts)
+
     with tempfile.TemporaryDirectory() as tmp:
       path = pathlib.Path(tmp) / "model.onnx"
-      variables = init_variables(EfficientHRNet(spec), jax.random.key(0))
       onnx_export.save(onnx_export.export_onnx(
           spec, variables, network.ExportOptions((h, w), batch=2)), path)
       session = OnnxNetwork(path)
-      x = np.zeros((2, h, w, 3), np.float32)
-      onnx_ms = median_ms(lambda: session(x), args.repeats)[1]
-    decoder = host_decoder.HostDecoder(lambda _: outputs, FLIP)
-    maps, decode_ms = median_ms(lambda: decoder([(1.0, image)], (h, w)), args.repeats)
-    median_ms(lambda: grouping.parse_maps(maps.images[0], seconds=seconds), args.repeats)
-    _row(variant, size, "onnxruntime (host maps)", onnx_ms, decode_ms, "-", seconds)
+      onnx_ms = median_ms(lambda: session(np.zeros((2, h, w, 3), np.float32)), args.repeats)[1]
+    host_path = host_decoder.HostDecoder(lambda _: outputs, FLIP)
+
+    def onnx_now(parts):
+      maps = host_path([(1.0, image)], (h, w))
+      parts.update(decode=maps.decode_s, copy_bytes=0)
+      grouping.parse_maps(maps.images[0], seconds=parts)
+
+    for name, run, network_time in (("JAX (maps on device)", jax_now, network_ms),
+                                    ("JAX (before: maps copied)", jax_before, network_ms),
+                                    ("onnxruntime (host maps)", onnx_now, onnx_ms)):
+      parts = _median_parts(run, args.repeats)
+      copied = parts["copy_bytes"]
+      copied = f"{copied / 1e6:.1f} MB" if copied > 1e6 else f"{copied / 1e3:.1f} KB"
+      print(f"| {variant} | {w}×{h} | {name} | {network_time:.1f} | {parts['decode']:.1f} | "
+            f"{copied} | {parts.get('copy', 0):.1f} | {parts['matching']:.2f} | "
+            f"{parts['refine']:.2f} ({parts.get('refine_device', 0):.2f}) | "
+            f"{parts['matching'] + parts['refine'] - parts.get('refine_device', 0):.2f} |")
+
+
+def _median_parts(run, repeats: int) -> dict[str, float]:
+  """Runs `run(parts)` 1 + `repeats` times; the median of each part of the timed calls, seconds
+  as ms (`copy_bytes` as is)."""
+  samples = []
+  for _ in range(repeats + 1):
+    parts = {}
+    run(parts)
+    samples.append(parts)
+  return {key: statistics.median(s[key] for s in samples[1:]) * (1 if key == "copy_bytes" else 1e3)
+          for key in samples[-1]}
 
 
 def _grouping_parts(module, heatmaps, tags, seconds):
@@ -247,13 +263,6 @@ def _grouping_parts(module, heatmaps, tags, seconds):
   module.parse(heatmaps, tags)
   total = time.perf_counter() - matched
   seconds.update(matching=matched - start, refine=total - (matched - start))
-
-
-def _row(variant, size, path, network_ms, decode_ms, copied, seconds):
-  w, h = size.size_wh
-  host = 1e3 * (seconds["matching"] + seconds["refine"])
-  print(f"| {variant} | {w}×{h} | {path} | {network_ms:.1f} | {decode_ms:.1f} | {copied} | "
-        f"{seconds['matching'] * 1e3:.2f} | {seconds['refine'] * 1e3:.2f} | {host:.2f} |")
 
 
 def main():

@@ -70,7 +70,7 @@ def _jax_decoder(flip=True, **kwargs):
 
 def _host_maps(maps) -> tuple[np.ndarray, np.ndarray]:
   """A batch's heatmaps (B, J, H, W) and tags (B, J, H, W, T) on the host, from either decoder."""
-  images = [m.to_host() if hasattr(m, "to_host") else m for m in maps.images]
+  images = [m.to_host() for m in maps.images]
   return np.stack([m.heatmaps for m in images]), np.stack([m.tags for m in images])
 
 

@@ -86,9 +86,9 @@ def test_quickstart(tmp_path, monkeypatch):
   assert len(result["images"]) == 2 and all(n > 0 for n in result["people"])
   # A 640x427 photo is warped to 576x384 for H-4; maps at that size, one tag dimension.
   assert result["warped_shape"] == [384, 576, 3]
-  assert result["heatmaps_shape"] == [1, 17, 384, 576]
+  assert result["heatmaps_shape"] == [17, 384, 576]
   # Tags: the photo's and its mirror image's (flip test).
-  assert result["tags_shape"] == [1, 17, 384, 576, 2]
+  assert result["tags_shape"] == [17, 384, 576, 2]
   assert images_shown(notebook) >= 2   # skeletons, heatmaps and tags
 
 

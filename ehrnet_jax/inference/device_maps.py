@@ -22,6 +22,7 @@ joint's maps (fetched alone), so the result always equals `grouping.HostMaps`'.
 """
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ class DeviceMaps:
     self._candidate_offsets = candidate_offsets
     self.config = config
     self.fetched_bytes = 0     # bytes copied from the device by `refined_pixels`
+    self.device_s = 0.0        # seconds `refined_pixels` waited for the device
     self.host_fallbacks = 0    # queries the host had to finish (`refined_pixels`)
 
   def candidates(self) -> grouping.Candidates:
@@ -75,10 +77,12 @@ class DeviceMaps:
     padded_joint[:count] = joint
     padded_tags = np.zeros((bucket, mean_tags.shape[1]), np.float32)
     padded_tags[:count] = mean_tags
+    start = time.perf_counter()
     found = search_refined_pixels(self.tiled, np.int32(self.index), padded_joint, padded_tags,
                                   np.arange(bucket) < count, size_hw=self.size_hw,
                                   tile=self.config.refine_tile, relative_error=_RELATIVE_ERROR)
     found = [np.array(part[:count]) for part in jax.device_get(found)]
+    self.device_s += time.perf_counter() - start
     self.fetched_bytes += sum(part.nbytes for part in found)
     x, y, value, offset_x, offset_y, certain = found
     x, y = x.astype(np.int64), y.astype(np.int64)
@@ -133,11 +137,12 @@ def tile_summaries(maps: jax.Array, tile: int):
     pad = ((0, 0), (0, 0), (0, -h % tile), (0, -w % tile))
     maps = jnp.concatenate([jnp.pad(maps[:1], ((0, 0),) + pad, constant_values=-jnp.inf),
                             jnp.pad(maps[1:], ((0, 0),) + pad)])
-  planes, batch, joints, height, width = maps.shape
-  blocks = maps.reshape(planes, batch, joints, height // tile, tile, width // tile, tile)
-  det_max = blocks[0].max(axis=(3, 5)).reshape(batch, joints, -1)
-  tag_lo = blocks[1:].min(axis=(4, 6)).reshape(planes - 1, batch, joints, -1)
-  tag_hi = blocks[1:].max(axis=(4, 6)).reshape(planes - 1, batch, joints, -1)
+  planes, batch, joints = maps.shape[:3]
+  window = (1, 1, 1, tile, tile)
+  reduce = lambda part, init, op: jax.lax.reduce_window(part, init, op, window, window, "VALID")
+  det_max = reduce(maps[:1], -jnp.inf, jax.lax.max).reshape(batch, joints, -1)
+  tag_lo = reduce(maps[1:], jnp.inf, jax.lax.min).reshape(planes - 1, batch, joints, -1)
+  tag_hi = reduce(maps[1:], -jnp.inf, jax.lax.max).reshape(planes - 1, batch, joints, -1)
   return maps, det_max, tag_lo, tag_hi
 
 

@@ -196,6 +196,10 @@ class HostMaps:
   def candidates(self) -> Candidates:
     return top_k_candidates(self.heatmaps, self.tags, self.config)
 
+  def to_host(self) -> "HostMaps":
+    """These maps (`DeviceMaps.to_host` copies a device's)."""
+    return self
+
   def quarter_offsets(self, joint, x, y):
     return quarter_offsets(self.heatmaps, joint, x, y)
 

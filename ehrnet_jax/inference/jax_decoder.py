@@ -155,7 +155,7 @@ class JaxDecoder:
     scales = tuple(float(s) for s, _ in pyramid)
     maps = self._maps(outputs, scales=scales, base_hw=tuple(base_hw))
     xy, values, candidate_tags, offsets = jax.device_get(self._top_k(self._nms(maps), maps))
-    tiled = tile_summaries(maps, self.config.refine_tile)
+    tiled = jax.block_until_ready(tile_summaries(maps, self.config.refine_tile))
     images = [DeviceMaps(tiled, base_hw, index,
                          grouping.Candidates(xy[index], values[index], candidate_tags[index]),
                          offsets[index], self.config) for index in range(count)]
