@@ -1,4 +1,5 @@
-"""Drawing people (keypoints, skeletons), ignore masks and heatmaps on RGB uint8 images.
+"""Drawing people (keypoints, skeletons, track ids), ignore masks and heatmaps on RGB uint8 images,
+and writing drawn frames as a video (`video_writer`).
 
 OpenCV only (no matplotlib). Every function returns a new image and leaves its input alone.
 
@@ -12,6 +13,7 @@ import colorsys
 import cv2
 import numpy as np
 
+from ehrnet_jax.errors import UserError
 from ehrnet_jax.keypoints import KeypointSet
 
 
@@ -22,7 +24,8 @@ def person_color(index: int) -> tuple[int, int, int]:
 
 
 def draw_people(image_rgb: np.ndarray, people: np.ndarray, keypoint_set: KeypointSet,
-                threshold: float = 0.1, radius: int | None = None) -> np.ndarray:
+                threshold: float = 0.1, radius: int | None = None,
+                track_ids: np.ndarray | None = None) -> np.ndarray:
   """Draws each person's skeleton and joints in its own colour.
 
   Args:
@@ -31,6 +34,8 @@ def draw_people(image_rgb: np.ndarray, people: np.ndarray, keypoint_set: Keypoin
       <= threshold are not drawn, nor the bones that touch them.
     keypoint_set: gives J and the skeleton edges.
     radius: joint radius in pixels (default: from the image size).
+    track_ids: (N,) ints: person n gets the colour of its track id (`person_color(id)`) and the id
+      is written above its highest joint; default: colours by position, no labels.
   """
   people = np.asarray(people, np.float64)
   if people.ndim != 3 or people.shape[1:] != (keypoint_set.num_joints, 3):
@@ -39,7 +44,7 @@ def draw_people(image_rgb: np.ndarray, people: np.ndarray, keypoint_set: Keypoin
   radius = radius or max(2, round(max(canvas.shape[:2]) / 160))
   thickness = max(1, radius // 2)
   for index, joints in enumerate(people):
-    color = person_color(index)
+    color = person_color(index if track_ids is None else int(track_ids[index]))
     shown = joints[:, 2] > threshold
     points = [(int(round(x)), int(round(y))) for x, y in joints[:, :2]]
     for a, b in keypoint_set.skeleton:
@@ -48,7 +53,19 @@ def draw_people(image_rgb: np.ndarray, people: np.ndarray, keypoint_set: Keypoin
     for point in np.asarray(points)[shown]:
       cv2.circle(canvas, tuple(int(v) for v in point), radius, color, -1, cv2.LINE_AA)
       cv2.circle(canvas, tuple(int(v) for v in point), radius, (0, 0, 0), 1, cv2.LINE_AA)
+    if track_ids is not None and shown.any():
+      top = min((points[j] for j in np.flatnonzero(shown)), key=lambda p: p[1])
+      _put_text(canvas, str(int(track_ids[index])), (top[0] - radius, top[1] - 2 * radius),
+                color, radius / 8)
   return canvas
+
+
+def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], color,
+              scale: float) -> None:
+  """`text` at `origin` (its bottom left) in `color` with a black outline, in place."""
+  scale = max(0.4, scale)
+  for ink, width in (((0, 0, 0), 3), (color, 1)):
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, width, cv2.LINE_AA)
 
 
 def _resize_to(array: np.ndarray, image: np.ndarray, interpolation: int) -> np.ndarray:
@@ -97,3 +114,12 @@ def contact_sheet(tiles: list[np.ndarray], columns: int, gap: int = 4) -> np.nda
     y, x = gap + (i // columns) * (h + gap), gap + (i % columns) * (w + gap)
     sheet[y:y + h, x:x + w] = tile
   return sheet
+
+
+def video_writer(path, fps: float, shape) -> cv2.VideoWriter:
+  """An MPEG-4 writer of BGR frames of `shape` (H, W, 3); UserError if OpenCV cannot write one
+  at `path`."""
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
+  if not writer.isOpened():
+    raise UserError(f"{path}: OpenCV cannot write an MPEG-4 video here")
+  return writer

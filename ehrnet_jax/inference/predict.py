@@ -36,7 +36,6 @@ import numpy as np
 import tqdm
 
 from ehrnet_jax import atomic
-from ehrnet_jax.errors import UserError
 from ehrnet_jax.inference import coco_results, drawing, result_log
 from ehrnet_jax.inference.estimator import PoseEstimator, Poses
 from ehrnet_jax.inference.inputs import (Input, UnreadableInput, check_input, check_size,
@@ -242,7 +241,7 @@ class _Run:
                     else self._people(file_name, index))
           if self.draw:
             if writer is None:
-              writer = _video_writer(temporary, fps, frame.shape)
+              writer = drawing.video_writer(temporary, fps, frame.shape)
             canvas = drawing.draw_people(frame, people, self.estimator.keypoint_set,
                                          self.threshold)
             writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
@@ -274,10 +273,3 @@ def _frames(path: pathlib.Path, capture, batch_size: int) -> Iterator[list[np.nd
     yield batch
   if count == 0:
     raise UnreadableInput(path, "the video has no readable frames")
-
-
-def _video_writer(path: pathlib.Path, fps: float, shape) -> cv2.VideoWriter:
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
-  if not writer.isOpened():
-    raise UserError(f"{path}: OpenCV cannot write an MPEG-4 video here")
-  return writer
