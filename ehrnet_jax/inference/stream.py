@@ -1,14 +1,17 @@
 """A pipelined video stream: frames in from a file, a camera or a URL, tracked people out.
 
-    source -reader-> [frames] -network-> [poses] -tracking-> [tracked] -> sink (the caller)
+    source -reader-> [frames] =network=> [poses] -tracking-> [tracked] -> sink (the caller)
 
-Each arrow is a thread and each bracket a bounded queue (`queue_size` items). OpenCV's decoding,
-the network (JAX's dispatch, onnxruntime) and OpenCV's drawing and encoding release the GIL, so
-the stages overlap and a stream runs at the rate of its slowest stage, not of their sum. The
-network stage runs the `PoseEstimator` (network, decoding and grouping) on one frame at a time;
-every frame of a stream has the first frame's size (others are bad frames), so the network input
-size is fixed and JAX compiles on the first frame only. The tracking stage gives each person a
-track id (`tracking.Tracker`) and its smoothed keypoints. `Stream.run(pipelined=False)` runs the
+Each arrow is a thread (`=network=>`: `network_threads` of them, on consecutive frames) and each
+bracket a bounded queue (`queue_size` items). OpenCV's decoding, the network (JAX's dispatch,
+onnxruntime) and OpenCV's drawing and encoding release the GIL, so the stages overlap and a
+stream runs at the rate of its slowest stage, not of their sum. A network thread runs the
+`PoseEstimator` (network, decoding and grouping) on one frame; with two, one frame's network
+overlaps the previous frame's decoding and grouping, and the tracking stage puts the frames back
+in order. Every frame of a stream has the first frame's size (others are bad frames), so the
+network input size is fixed and JAX compiles on the first frame only. The tracking stage gives
+each person a track id (`tracking.Tracker`) and its smoothed keypoints; the sink (e.g.
+`track_outputs.TrackOutputs.write`) draws and writes. `Stream.run(pipelined=False)` runs the
 same stages one after another in the caller's thread (to measure what the pipeline gains).
 
 Back-pressure: a file's frames are never dropped (the reader waits for room). A live source (a
@@ -200,6 +203,8 @@ class _Channel:
   def __init__(self, size: int, abort: threading.Event, drop_oldest: bool = False):
     self._queue = queue.Queue(size)
     self._abort, self._drop_oldest = abort, drop_oldest
+    self._lock = threading.Lock()   # one consumer takes at a time, so numbers follow the order
+    self._ended, self._taken = False, 0
     self.dropped = 0
 
   def put(self, item) -> None:
@@ -221,24 +226,69 @@ class _Channel:
         pass
     raise _Aborted
 
+  def take(self) -> tuple[int, object]:
+    """The next item and its number (0, 1, ... in the order taken: consumers may share the
+    channel); once the end marker has come, `(count, _END)` for every consumer."""
+    with self._lock:
+      while not self._ended:
+        if self._abort.is_set():
+          raise _Aborted
+        try:
+          item = self._queue.get(timeout=POLL_S)
+        except queue.Empty:
+          continue
+        if item is _END:
+          self._ended = True
+        else:
+          self._taken += 1
+          return self._taken - 1, item
+      return self._taken, _END
+
   def items(self) -> Iterator:
     """The items until the end marker."""
-    while not self._abort.is_set():
-      try:
-        item = self._queue.get(timeout=POLL_S)
-      except queue.Empty:
-        continue
+    while True:
+      _, item = self.take()
       if item is _END:
         return
       yield item
-    raise _Aborted
 
 
-def _relay(inbox: _Channel, work: Callable, outbox: _Channel) -> None:
-  """A stage: `work` on each item of `inbox`, the results to `outbox`, then the end marker."""
-  for item in inbox.items():
+def _relay(items: Iterator, work: Callable, outbox: _Channel) -> None:
+  """A stage: `work` on each of `items`, the results to `outbox`, then the end marker."""
+  for item in items:
     outbox.put(work(item))
   outbox.put(_END)
+
+
+def _in_order(numbered: Iterator[tuple[int, object]]) -> Iterator:
+  """The items of (number, item) pairs that come in any order, by number (0, 1, ...)."""
+  waiting, number = {}, 0
+  for found, item in numbered:
+    waiting[found] = item
+    while number in waiting:
+      yield waiting.pop(number)
+      number += 1
+
+
+class _Workers:
+  """Threads that share a stage: each takes numbered items from `inbox` and puts (number,
+  result) to `outbox`; the last one to finish puts the end marker."""
+
+  def __init__(self, count: int, inbox: _Channel, work: Callable, outbox: _Channel):
+    self.count, self.inbox, self.work, self.outbox = count, inbox, work, outbox
+    self._lock = threading.Lock()
+
+  def __call__(self) -> None:
+    while True:
+      number, item = self.inbox.take()
+      if item is _END:
+        break
+      self.outbox.put((number, self.work(item)))
+    with self._lock:
+      self.count -= 1
+      last = self.count == 0
+    if last:
+      self.outbox.put(_END)
 
 
 def _guarded(work: Callable[[], None], errors: list, abort: threading.Event) -> Callable[[], None]:
@@ -260,15 +310,16 @@ class Stream:
 
   `tracker`: anything with `update(people (P, J, >=3), timestamp) -> ids (P,)` and `smoothed`
   (P, J, 3), e.g. `tracking.Tracker`. People scoring below `min_score` are left out before
-  tracking. `bar`: a progress bar that says when the network compiles.
+  tracking. `network_threads`: estimator calls at once, on consecutive frames. `bar`: a progress
+  bar that says when the network compiles.
   """
 
   def __init__(self, source: FrameSource, estimator: PoseEstimator, tracker, *,
                min_score: float = 0.0, max_frames: int | None = None, queue_size: int = 2,
-               bar=None):
+               network_threads: int = 2, bar=None):
     self.source, self.estimator, self.tracker = source, estimator, tracker
-    self.min_score, self.max_frames, self.queue_size, self.bar = (min_score, max_frames,
-                                                                  queue_size, bar)
+    self.min_score, self.max_frames, self.bar = min_score, max_frames, bar
+    self.queue_size, self.network_threads = queue_size, network_threads
     self.stats = StreamStats()
     self.stop = threading.Event()
 
@@ -286,11 +337,12 @@ class Stream:
     abort, errors = threading.Event(), []
     frames = _Channel(self.queue_size, abort, drop_oldest=self.source.live)
     poses, tracked = _Channel(self.queue_size, abort), _Channel(self.queue_size, abort)
-    stages = {"reader": lambda: self._read_into(frames),
-              "network": lambda: _relay(frames, self._network, poses),
-              "tracking": lambda: _relay(poses, self._track, tracked)}
+    network = _Workers(self.network_threads, frames, self._network, poses)
+    stages = [("reader", lambda: self._read_into(frames)),
+              *[(f"network-{i}", network) for i in range(self.network_threads)],
+              ("tracking", lambda: _relay(_in_order(poses.items()), self._track, tracked))]
     threads = [threading.Thread(target=_guarded(work, errors, abort), name=f"stream-{name}",
-                                daemon=True) for name, work in stages.items()]
+                                daemon=True) for name, work in stages]
     for thread in threads:
       thread.start()
     try:
