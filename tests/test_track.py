@@ -21,7 +21,7 @@ import pytest
 
 from ehrnet_jax import cli, keypoints, tracking, weights
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.inference import stream, track_outputs
+from ehrnet_jax.inference import drawing, stream, track_outputs
 from ehrnet_jax.inference.estimator import Poses
 from ehrnet_jax.inference.inputs import UnreadableInput
 from ehrnet_jax.scaling import ScalingSpec
@@ -96,6 +96,14 @@ def test_track_command_with_an_onnx_model(tmp_path):
   assert cli.main(["track", str(clip), "--backend", "onnx", "--checkpoint", str(model),
                    "--out", str(tmp_path / "out")]) == 0
   assert all(r["people"] == [] for r in _check_outputs(tmp_path / "out", 4, (240, 160)))
+
+
+def test_people_are_drawn_in_the_colour_of_their_track_id():
+  person = np.zeros((1, J, 3), np.float32)
+  person[0, :, :2], person[0, :, 2] = (40, 50), 1.0   # every joint at one point
+  colours = {tuple(c) for c in drawing.draw_people(np.zeros((96, 96, 3), np.uint8), person,
+                                                   keypoints.COCO, track_ids=[7]).reshape(-1, 3)}
+  assert drawing.person_color(7) in colours and drawing.person_color(0) not in colours
 
 
 class _ListSink:

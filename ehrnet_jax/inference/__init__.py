@@ -12,6 +12,8 @@ The backend-neutral core (NumPy, OpenCV; no JAX, no onnxruntime):
   coco_results     people -> COCO result entries, pycocotools scoring
   coco_evaluation  a `PoseEstimator` over a COCO split (imports pycocotools when run)
   predict          images and videos -> JSON (streamed, resumable) and drawings
+  stream           a video file, camera or URL through the estimator and a tracker, pipelined
+  track_outputs    what `ehrnet track` writes: tracks.jsonl, tracked.mp4, summary.json
   result_log       results streamed to JSON lines, resumed, with the run's settings
   progress         progress bars that say when they compile, one-line warnings
   drawing          skeletons, masks and heatmaps drawn on images
