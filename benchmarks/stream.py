@@ -88,7 +88,8 @@ def streamed(args, estimator, clip: pathlib.Path, pipelined: bool, out: pathlib.
   tracker = tracking.Tracker(estimator.keypoint_set,
                              tracking.TrackerConfig(smoothing=tracking.OneEuroConfig()))
   outputs = track_outputs.TrackOutputs(out, source.fps, args.threshold, overwrite=True)
-  flow = stream.Stream(source, estimator, tracker, min_score=args.min_score)
+  flow = stream.Stream(source, estimator, tracker, min_score=args.min_score,
+                       network_threads=args.network_threads)
   people = []
 
   def sink(tracked):
@@ -133,6 +134,9 @@ def main():
   parser.add_argument("--frames", type=int, default=60, help="frames to synthesize (default 60)")
   parser.add_argument("--min-score", type=float, default=0.0)
   parser.add_argument("--threshold", type=float, default=0.1)
+  parser.add_argument("--network-threads", type=int, default=2,
+                      help="estimator calls at once in the pipelined stream (default 2, as "
+                           "`ehrnet track`)")
   _runtime.add_arguments(parser)
   args = parser.parse_args()
   _runtime.check_model(args, args.checkpoint)
@@ -161,7 +165,8 @@ def main():
     print(f"| {name} | {fps:.2f} | {people:.1f} | {fps / rates['network']:.2f} | "
           f"{fps / sequential['fps']:.2f} |")
   busy = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in stats.stage_seconds.items())
-  print(f"\npipelined stages busy: {busy}; wall {stats.processed / pipelined['fps']:.2f} s")
+  print(f"\npipelined stages busy ({args.network_threads} network threads): {busy}; wall "
+        f"{stats.processed / pipelined['fps']:.2f} s")
   return 0
 
 
