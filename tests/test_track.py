@@ -242,7 +242,8 @@ def test_bad_frames_are_skipped_and_counted(capsys):
 
 def test_a_live_source_that_stops_delivering_ends_the_stream_cleanly(capsys):
   stats = _run(_FakeSource(10, live=True, end=4), _FakeEstimator())
-  assert (stats.processed, stats.disconnected) == (4, True)
+  # (A live source that delivers faster than the network may lose frames to dropping.)
+  assert (stats.frames_read, stats.processed + stats.dropped, stats.disconnected) == (4, 4, True)
   assert "fake stopped delivering frames after 4" in capsys.readouterr().err
   with pytest.raises(UnreadableInput, match="fake: delivered no readable frames"):
     _run(_FakeSource(10, live=True, end=0), _FakeEstimator())
@@ -306,7 +307,7 @@ def test_bad_sources_and_outputs_are_one_line_errors(run_track, tmp_path, monkey
   (tmp_path / "notes.txt").write_text("not a video\n")
   (tmp_path / "a_file").write_text("")
   (tmp_path / "done").mkdir()
-  (tmp_path / "done" / "tracks.jsonl").write_text("")
+  (tmp_path / "done" / "tracks.jsonl").write_text('{"frame": 0}\n')
   monkeypatch.delenv("DISPLAY", raising=False)
   monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
   cases = [

@@ -272,18 +272,25 @@ def _in_order(numbered: Iterator[tuple[int, object]]) -> Iterator:
 
 class _Workers:
   """Threads that share a stage: each takes numbered items from `inbox` and puts (number,
-  result) to `outbox`; the last one to finish puts the end marker."""
+  result) to `outbox`; the last one to finish puts the end marker. The first item runs alone (a
+  JAX network compiles on it: once, not once per thread)."""
 
-  def __init__(self, count: int, inbox: _Channel, work: Callable, outbox: _Channel):
-    self.count, self.inbox, self.work, self.outbox = count, inbox, work, outbox
+  def __init__(self, count: int, inbox: _Channel, work: Callable, outbox: _Channel,
+               abort: threading.Event):
+    self.count, self.inbox, self.work, self.outbox, self.abort = count, inbox, work, outbox, abort
     self._lock = threading.Lock()
+    self._first_done = threading.Event()
 
   def __call__(self) -> None:
     while True:
       number, item = self.inbox.take()
       if item is _END:
         break
+      while number and not self._first_done.wait(POLL_S):
+        if self.abort.is_set():
+          raise _Aborted
       self.outbox.put((number, self.work(item)))
+      self._first_done.set()
     with self._lock:
       self.count -= 1
       last = self.count == 0
@@ -337,7 +344,7 @@ class Stream:
     abort, errors = threading.Event(), []
     frames = _Channel(self.queue_size, abort, drop_oldest=self.source.live)
     poses, tracked = _Channel(self.queue_size, abort), _Channel(self.queue_size, abort)
-    network = _Workers(self.network_threads, frames, self._network, poses)
+    network = _Workers(self.network_threads, frames, self._network, poses, abort)
     stages = [("reader", lambda: self._read_into(frames)),
               *[(f"network-{i}", network) for i in range(self.network_threads)],
               ("tracking", lambda: _relay(_in_order(poses.items()), self._track, tracked))]

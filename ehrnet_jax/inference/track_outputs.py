@@ -50,14 +50,14 @@ class TrackOutputs:
   """Writes a stream's outputs in `out_dir` (module docstring); `write` is the stream's sink.
 
   UserError, before anything is written, if `out_dir` cannot be written or already holds a
-  tracks.jsonl (unless `overwrite`).
+  tracks.jsonl with frames (unless `overwrite`).
   """
 
   def __init__(self, out_dir, fps: float, threshold: float = 0.1, overwrite: bool = False):
     self.out_dir = pathlib.Path(out_dir)
     self.fps, self.threshold = fps, threshold
     log = self.out_dir / LOG_FILE
-    if log.exists() and not overwrite:
+    if log.is_file() and log.stat().st_size and not overwrite:
       raise UserError(f"{log} exists (an earlier run): pass --overwrite to replace it, or choose "
                       "another --out")
     try:
