@@ -138,6 +138,7 @@ def main():
                       help="estimator calls at once in the pipelined stream (default 2, as "
                            "`ehrnet track`)")
   _runtime.add_arguments(parser)
+  _runtime.input_size_argument(parser)
   args = parser.parse_args()
   _runtime.check_model(args, args.checkpoint)
   with tempfile.TemporaryDirectory() as scratch:
@@ -146,7 +147,7 @@ def main():
       size_wh = tuple(int(v) for v in args.synthesize.lower().split("x"))
       args.clip = synthesize(scratch / "clip.mp4", size_wh, args.frames)
     frames = read_all(args.clip)
-    estimator = _runtime.make_estimator(args, args.checkpoint)
+    estimator = _runtime.make_estimator(args, args.checkpoint, fit=True)
     estimator([frames[0]])   # compiles (JAX), warms up (onnxruntime)
     rates = alone(estimator, frames)
     sequential, _ = streamed(args, estimator, args.clip, False, scratch / "sequential")

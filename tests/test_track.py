@@ -91,11 +91,12 @@ def test_track_command_with_a_jax_checkpoint(h4_variables, tmp_path):
 def test_track_command_with_an_onnx_model(tmp_path):
   from test_onnx_runtime import _pooling_model  # pylint: disable=import-outside-toplevel
   # A graph with ehrnet's metadata whose maps hold no person (small weights): the runtime path.
-  model = _pooling_model(tmp_path / "m.onnx", None, "NHWC", hw=(384, 576), joints=J)
-  clip = _write_clip(tmp_path / "clip.mp4", _images(4, 160, 240))
+  # 16:9 frames (test size 704x384) fitted into a 640x384 model.
+  model = _pooling_model(tmp_path / "m.onnx", None, "NHWC", hw=(384, 640), joints=J)
+  clip = _write_clip(tmp_path / "clip.mp4", _images(4, 144, 256))
   assert cli.main(["track", str(clip), "--backend", "onnx", "--checkpoint", str(model),
                    "--out", str(tmp_path / "out")]) == 0
-  assert all(r["people"] == [] for r in _check_outputs(tmp_path / "out", 4, (240, 160)))
+  assert all(r["people"] == [] for r in _check_outputs(tmp_path / "out", 4, (256, 144)))
 
 
 def test_people_are_drawn_in_the_colour_of_their_track_id():

@@ -15,9 +15,10 @@ EXAMPLE = """example:
       --checkpoint h4_384x640.onnx --out runs/door --max-frames 9000
 
 SOURCE: a video file, a camera index (0, 1, ...) or a URL that OpenCV opens (rtsp://, http://).
-The frames are read, run through the network (one at a time, at a fixed input size: the first
-frame's), grouped and tracked, and drawn and written in four overlapping stages with small
-bounded queues between them. A file's frames are all processed (the reader waits when the network
+The frames are read, run through the network (one at a time, at one input size: --input-size, by
+default the model's exported size with onnx and the first frame's test size with jax, so JAX
+compiles once), grouped and tracked, and drawn and written in overlapping stages with small
+bounded queues between them (two frames in the network stage at once). A file's frames are all processed (the reader waits when the network
 is behind); a camera or stream is read as it delivers, and when the network is behind the oldest
 waiting frame is dropped (counted in OUT/summary.json and in each line's "dropped").
 
@@ -72,6 +73,7 @@ def register(subparsers) -> None:
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an earlier run's outputs in --out")
   _runtime.add_arguments(parser)
+  _runtime.input_size_argument(parser)
   parser.set_defaults(run=run)
 
 
@@ -88,7 +90,7 @@ def run(args) -> int:
   source = stream.open_source(args.source)   # what can go wrong is known before the model loads
   try:
     outputs = track_outputs.TrackOutputs(args.out, source.fps, args.threshold, args.overwrite)
-    estimator = _runtime.make_estimator(args, model)
+    estimator = _runtime.make_estimator(args, model, fit=True)
     tracker = tracking.Tracker(estimator.keypoint_set, tracking.TrackerConfig(
         max_gap=args.max_gap, smoothing=tracking.OneEuroConfig() if args.smooth else None))
     total = None if source.live else source.frame_count
