@@ -18,9 +18,10 @@ SOURCE: a video file, a camera index (0, 1, ...) or a URL that OpenCV opens (rts
 The frames are read, run through the network (one at a time, at one input size: --input-size, by
 default the model's exported size with onnx and the first frame's test size with jax, so JAX
 compiles once), grouped and tracked, and drawn and written in overlapping stages with small
-bounded queues between them (two frames in the network stage at once). A file's frames are all processed (the reader waits when the network
-is behind); a camera or stream is read as it delivers, and when the network is behind the oldest
-waiting frame is dropped (counted in OUT/summary.json and in each line's "dropped").
+bounded queues between them (two frames in the network stage at once). A file's frames are all
+processed (the reader waits when the network is behind); a camera or stream is read as it
+delivers, and when the network is behind the oldest waiting frame is dropped (counted in
+OUT/summary.json and in each line's "dropped"; tracked.mp4 then plays faster than real time).
 
 Outputs in OUT:
   tracks.jsonl  one line per processed frame, flushed as it is written: {"frame", "timestamp"
