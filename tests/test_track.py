@@ -175,12 +175,16 @@ class _FakeEstimator:
   def __init__(self, delay_s=0.0, fail_at=None):
     self.delay_s, self.fail_at = delay_s, fail_at
 
-  def __call__(self, images):
+  def decode(self, images):
+    """The "network" half: what `group` needs is the frame's index."""
     (image,) = images
     index = int(image[0, 0, 0])
     if index == self.fail_at:
       raise UserError(f"frame {index} is bad")
     time.sleep(self.delay_s)
+    return index
+
+  def group(self, index):
     people = np.zeros((1, J, 4), np.float32)
     people[0, :, :2] = np.stack([index + 3 * np.arange(J), 3 * np.arange(J)], -1)
     people[0, :, 2] = 1.0

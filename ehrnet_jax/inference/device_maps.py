@@ -137,12 +137,14 @@ def tile_summaries(maps: jax.Array, tile: int):
     pad = ((0, 0), (0, 0), (0, -h % tile), (0, -w % tile))
     maps = jnp.concatenate([jnp.pad(maps[:1], ((0, 0),) + pad, constant_values=-jnp.inf),
                             jnp.pad(maps[1:], ((0, 0),) + pad)])
-  planes, batch, joints = maps.shape[:3]
-  window = (1, 1, 1, tile, tile)
-  reduce = lambda part, init, op: jax.lax.reduce_window(part, init, op, window, window, "VALID")
-  det_max = reduce(maps[:1], -jnp.inf, jax.lax.max).reshape(batch, joints, -1)
-  tag_lo = reduce(maps[1:], jnp.inf, jax.lax.min).reshape(planes - 1, batch, joints, -1)
-  tag_hi = reduce(maps[1:], -jnp.inf, jax.lax.max).reshape(planes - 1, batch, joints, -1)
+  planes, batch, joints, height, width = maps.shape
+  # Along rows (the minor axis) first, then across them: on CPU several times faster than one
+  # reduction over both axes or `reduce_window`.
+  rows = maps.reshape(planes, batch, joints, height, width // tile, tile)
+  reduce = lambda part, op: op(op(part, axis=-1).reshape(
+      *part.shape[:3], height // tile, tile, width // tile), axis=-2).reshape(*part.shape[:3], -1)
+  det_max = reduce(rows[:1], jnp.max)[0]                                   # (B, J, R*C)
+  tag_lo, tag_hi = reduce(rows[1:], jnp.min), reduce(rows[1:], jnp.max)    # (T, B, J, R*C)
   return maps, det_max, tag_lo, tag_hi
 
 

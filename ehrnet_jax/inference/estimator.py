@@ -114,6 +114,11 @@ class PoseEstimator:
   def __call__(self, images: list[np.ndarray]) -> list[Poses]:
     """`images`: RGB uint8 (h, w, 3) with the same `input_sizes` (e.g. video frames, photos of
     one aspect ratio, or just one image)."""
+    return self.group(self.decode(images))
+
+  def decode(self, images: list[np.ndarray]) -> "Decoded":
+    """The first half of `__call__`: warp and decode (network and maps); `group` finishes. Apart,
+    a stream can run one frame's grouping while the next frame's network runs."""
     sizes = [self._pyramid_sizes(image.shape[1::-1]) for image in images]
     if any([s.size_wh for _, s in pyramid] != [s.size_wh for _, s in sizes[0]]
            for pyramid in sizes):
@@ -123,15 +128,28 @@ class PoseEstimator:
                                  for image, image_sizes in zip(images, sizes)]))
                for level, (scale, _) in enumerate(sizes[0])]
     base_wh = self._base_wh(images[0].shape[1::-1])
-    maps = self.decoder(pyramid, base_wh[::-1])
+    return Decoded(self.decoder(pyramid, base_wh[::-1]), sizes, base_wh)
+
+  def group(self, decoded: "Decoded") -> list[Poses]:
+    """People per image of a `decode`d batch, in image pixels."""
+    maps, count = decoded.maps, len(decoded.sizes)
     results = []
-    for index, image_sizes in enumerate(sizes):
+    for index, image_sizes in enumerate(decoded.sizes):
       start = time.perf_counter()
       people, scores = grouping.parse_maps(maps.images[index], self.keypoint_set, self.config)
       # The reference maps back with the (center, scale) of the last scale it ran.
       last = image_sizes[-1][1]
-      people = transforms.map_to_image(people, last.center, last.scale, base_wh)
-      seconds = {"network": maps.network_s / len(images), "decode": maps.decode_s / len(images),
+      people = transforms.map_to_image(people, last.center, last.scale, decoded.base_wh)
+      seconds = {"network": maps.network_s / count, "decode": maps.decode_s / count,
                  "grouping": time.perf_counter() - start}
       results.append(Poses(people, scores, seconds))
     return results
+
+
+@dataclasses.dataclass
+class Decoded:
+  """A batch between `PoseEstimator.decode` and `PoseEstimator.group`: its maps, each image's
+  test sizes (`transforms.pyramid_sizes`) and the size the maps are at (w, h)."""
+  maps: Maps
+  sizes: list[list[tuple[float, transforms.TestSize]]]
+  base_wh: tuple[int, int]

@@ -5,13 +5,13 @@
 Each arrow is a thread (`=network=>`: `network_threads` of them, on consecutive frames) and each
 bracket a bounded queue (`queue_size` items). OpenCV's decoding, the network (JAX's dispatch,
 onnxruntime) and OpenCV's drawing and encoding release the GIL, so the stages overlap and a
-stream runs at the rate of its slowest stage, not of their sum. A network thread runs the
-`PoseEstimator` (network, decoding and grouping) on one frame; with two, one frame's network
-overlaps the previous frame's decoding and grouping, and the tracking stage puts the frames back
-in order. Every frame of a stream has the first frame's size (others are bad frames), so the
-network input size is fixed and JAX compiles on the first frame only. The tracking stage gives
-each person a track id (`tracking.Tracker`) and its smoothed keypoints; the sink (e.g.
-`track_outputs.TrackOutputs.write`) draws and writes. `Stream.run(pipelined=False)` runs the
+stream runs at the rate of its slowest stage, not of their sum. A network thread runs the first
+half of the `PoseEstimator` on one frame (`decode`: network and maps); the tracking stage puts the
+frames back in order, groups their people (`group`) while the next frames' networks run, and
+gives each person a track id (`tracking.Tracker`) and its smoothed keypoints; the sink (e.g.
+`track_outputs.TrackOutputs.write`) draws and writes. Every frame of a stream has the first
+frame's size (others are bad frames), so the network input size is fixed and JAX compiles on the
+first frame only. `Stream.run(pipelined=False)` runs the
 same stages one after another in the caller's thread (to measure what the pipeline gains).
 
 Back-pressure: a file's frames are never dropped (the reader waits for room). A live source (a
@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from ehrnet_jax.errors import UserError
-from ehrnet_jax.inference.estimator import PoseEstimator, Poses
+from ehrnet_jax.inference.estimator import Decoded, PoseEstimator
 from ehrnet_jax.inference.inputs import (VIDEO_SUFFIXES, UnreadableInput, check_input, check_size,
                                          is_video)
 from ehrnet_jax.inference.progress import compiling_notice, warn
@@ -383,18 +383,21 @@ class Stream:
     seconds = self.stats.stage_seconds
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
 
-  def _network(self, frame: Frame) -> tuple[Frame, Poses]:
+  def _network(self, frame: Frame) -> tuple[Frame, Decoded]:
     start = time.perf_counter()
     if self.bar is None:
-      (poses,) = self.estimator([frame.image])
+      decoded = self.estimator.decode([frame.image])
     else:
       with compiling_notice(self.bar, self.estimator, frame.image.shape[:2]):
-        (poses,) = self.estimator([frame.image])
+        decoded = self.estimator.decode([frame.image])
     self._add_time("network", start)
-    return frame, poses
+    return frame, decoded
 
-  def _track(self, item: tuple[Frame, Poses]) -> TrackedFrame:
-    frame, poses = item
+  def _track(self, item: tuple[Frame, Decoded]) -> TrackedFrame:
+    frame, decoded = item
+    start = time.perf_counter()
+    (poses,) = self.estimator.group(decoded)
+    self._add_time("grouping", start)
     start = time.perf_counter()
     keep = poses.scores >= self.min_score
     track_ids = np.asarray(self.tracker.update(poses.people[keep], frame.timestamp), np.int64)

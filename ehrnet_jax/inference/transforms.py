@@ -171,16 +171,28 @@ def resize_bilinear(maps, size_hw: tuple[int, int], xp=np):
 
   Bilinear with half-pixel centres and no antialiasing: PyTorch's
   `interpolate(mode="bilinear", align_corners=False)` and JAX's
-  `jax.image.resize(method="linear", antialias=False)`, computed as two separable
-  interpolations between neighbouring rows/columns in float32. `xp` is the array module (NumPy,
-  or `jax.numpy` under jit, where this is much faster than `jax.image.resize` on CPU).
+  `jax.image.resize(method="linear", antialias=False)`. `xp` is the array module: with NumPy each
+  (h, w) plane goes through OpenCV's `resize` (the same interpolation, about 10x faster than
+  NumPy's gathers); with `jax.numpy` (under jit) it is two separable interpolations between
+  neighbouring rows/columns in float32 (much faster than `jax.image.resize` on CPU).
   """
+  if xp is np:
+    return _resize_planes(np.asarray(maps, np.float32), size_hw)
   maps = xp.asarray(maps, dtype=xp.float32)
   for axis, n_out in zip((maps.ndim - 2, maps.ndim - 1), size_hw):
     lo, hi, frac = _linear_taps(maps.shape[axis], n_out)
     frac = frac.reshape((n_out, 1) if axis == maps.ndim - 2 else (n_out,))
     maps = xp.take(maps, lo, axis=axis) * (1 - frac) + xp.take(maps, hi, axis=axis) * frac
   return maps
+
+
+def _resize_planes(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """`resize_bilinear` of every (h, w) plane of float32 maps with OpenCV."""
+  planes = maps.reshape(-1, *maps.shape[-2:])
+  out = np.empty((len(planes), *size_hw), np.float32)
+  for plane, resized in zip(planes, out):
+    cv2.resize(plane, size_hw[::-1], dst=resized, interpolation=cv2.INTER_LINEAR)
+  return out.reshape(*maps.shape[:-2], *size_hw)
 
 
 def _linear_taps(n_in: int, n_out: int):
