@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from ehrnet_jax import keypoints
-from ehrnet_jax.inference import device_maps, grouping, transforms
+from ehrnet_jax.inference import device_maps, grouping
+from support.dense_maps import dense_maps
 
 
 def _device_maps(heatmaps, tags, config=grouping.GroupingConfig()):
@@ -26,22 +27,9 @@ def _device_maps(heatmaps, tags, config=grouping.GroupingConfig()):
   return device_maps.DeviceMaps(tiled, heatmaps.shape[1:], 0, candidates, offsets, config)
 
 
-def _dense_maps(size_hw, quantise):
-  """Noisy heatmaps with peaks and smooth tags (the host refine test's maps)."""
-  rng = np.random.default_rng(sum(size_hw))
-  h, w = size_hw
-  heatmaps = rng.normal(0.0, 0.08, (17, h, w)).astype(np.float32)
-  heatmaps[:, ::7, ::9] += rng.uniform(0.0, 0.6, heatmaps[:, ::7, ::9].shape).astype(np.float32)
-  coarse = rng.normal(0.0, 2.0, (17, h // 8 + 2, w // 8 + 2, 2)).astype(np.float32)
-  tags = transforms.resize_bilinear(np.moveaxis(coarse, -1, 1), (h, w)).transpose(0, 2, 3, 1)
-  if quantise:
-    heatmaps, tags = np.round(heatmaps * 4) / 4, np.round(tags)
-  return heatmaps, np.ascontiguousarray(tags, np.float32)
-
-
 @pytest.mark.parametrize("size_hw, quantise", [((61, 45), False), ((96, 128), True)])
 def test_device_refine_equals_host_refine(size_hw, quantise):
-  heatmaps, tags = _dense_maps(size_hw, quantise)
+  heatmaps, tags = dense_maps(size_hw, quantise)
   config = grouping.GroupingConfig(detection_threshold=0.2)
   host, host_scores = grouping.parse(heatmaps, tags, config=config)
   device = _device_maps(heatmaps, tags, config)
@@ -57,7 +45,7 @@ def test_device_refine_equals_host_refine(size_hw, quantise):
 def test_uncertain_answers_are_finished_on_the_host(monkeypatch):
   """With a huge assumed device error every pixel is uncertain: the host answers each query
   from that joint's maps alone, and the people are still the host's."""
-  heatmaps, tags = _dense_maps((61, 45), False)
+  heatmaps, tags = dense_maps((61, 45), False)
   config = grouping.GroupingConfig(detection_threshold=0.2)
   monkeypatch.setattr(device_maps, "_RELATIVE_ERROR", 0.5)
   device = _device_maps(heatmaps, tags, config)

@@ -7,6 +7,7 @@ import pytest
 
 from ehrnet_jax import keypoints
 from ehrnet_jax.inference import coco_results, grouping, transforms
+from support.dense_maps import dense_maps
 
 NUM_CASES = 12
 
@@ -105,17 +106,9 @@ def _refine_by_full_scan(people, heatmaps, tags):
 @pytest.mark.parametrize("size_hw, quantise", [((61, 45), False), ((96, 128), True)])
 def test_refine_equals_full_scan_on_dense_maps(size_hw, quantise):
   """Dense noisy maps (unlike the mostly-zero fixture), odd sizes, and many exact ties."""
-  rng = np.random.default_rng(sum(size_hw))
-  h, w = size_hw
-  heatmaps = rng.normal(0.0, 0.08, (17, h, w)).astype(np.float32)
-  heatmaps[:, ::7, ::9] += rng.uniform(0.0, 0.6, heatmaps[:, ::7, ::9].shape).astype(np.float32)
-  # Smooth tags: bilinear upsampling of a coarse random grid.
-  coarse = rng.normal(0.0, 2.0, (17, h // 8 + 2, w // 8 + 2, 2)).astype(np.float32)
-  tags = transforms.resize_bilinear(np.moveaxis(coarse, -1, 1), (h, w)).transpose(0, 2, 3, 1)
-  if quantise:
-    heatmaps, tags = np.round(heatmaps * 4) / 4, np.round(tags)
+  heatmaps, tags = dense_maps(size_hw, quantise)
   config = grouping.GroupingConfig(refine=False, detection_threshold=0.2)
-  people, _ = grouping.parse(heatmaps, np.ascontiguousarray(tags), config=config)
+  people, _ = grouping.parse(heatmaps, tags, config=config)
   assert len(people) > 3 and (people[:, :, 2] == 0).any()
   np.testing.assert_array_equal(grouping.refine(people, grouping.HostMaps(heatmaps, tags)),
                                 _refine_by_full_scan(people, heatmaps, tags))

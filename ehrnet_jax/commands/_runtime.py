@@ -23,6 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--no-flip", action="store_true", help="turn the flip test off")
 
 
+def drawing_arguments(parser: argparse.ArgumentParser) -> None:
+  """The model and output flags of the commands that draw people (predict, track)."""
+  parser.add_argument("--variant", help="H0, H-1, ..., H-4 or phi=<number>; must match the "
+                      "checkpoint (required with --backend jax)")
+  parser.add_argument("--checkpoint", help="checkpoint directory (jax) or .onnx file (onnx)")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--threshold", type=float, default=0.1,
+                      help="draw joints whose confidence exceeds this (default 0.1)")
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
   """'0.5,1,1.5' -> (0.5, 1.0, 1.5); UserError if it is not a list of numbers."""
   try:

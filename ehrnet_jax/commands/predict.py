@@ -58,12 +58,7 @@ def register(subparsers) -> None:
       "predict", help="poses on images/folders/videos: JSON and drawn skeletons",
       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, video or folder")
-  parser.add_argument("--variant", help="H0, H-1, ..., H-4 or phi=<number>; must match the "
-                      "checkpoint (required with --backend jax)")
-  parser.add_argument("--checkpoint", help="checkpoint directory (jax) or .onnx file (onnx)")
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--threshold", type=float, default=0.1,
-                      help="draw joints whose confidence exceeds this (default 0.1)")
+  _runtime.drawing_arguments(parser)
   parser.add_argument("--min-score", type=float, default=0.0,
                       help="leave out people scoring below this (default 0: keep all)")
   parser.add_argument("--batch-size", type=int, default=4, help="video frames per network call")
