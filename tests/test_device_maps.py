@@ -56,9 +56,12 @@ def test_uncertain_answers_are_finished_on_the_host(monkeypatch):
 
 @pytest.mark.slow
 def test_device_grouping_matches_reference(reference_dir):
+  """Three of the twelve fixture cases (each map size compiles the search; the host path runs
+  all twelve in test_group.py): both orientations and the crowd of 44 people."""
   expected = json.loads((reference_dir / "grouping_expected.json").read_text())["cases"]
   cases = np.load(reference_dir / "grouping_cases.npz")
-  for index, want in enumerate(expected):
+  for index in (2, 8, 11):
+    want = expected[index]
     heatmaps, tags = cases[f"heatmaps_{index}"][0], cases[f"tags_{index}"][0]
     people, scores = grouping.parse_maps(_device_maps(heatmaps, tags), keypoints.COCO)
     np.testing.assert_allclose(people, np.asarray(want["parsed"]).reshape(people.shape),
