@@ -7,14 +7,17 @@ per-image sizes, or with `input_wh` one network input for every image (each fitt
 `transforms.fit_size`: a fixed-size exported model, a stream, one compilation). Images whose test
 sizes agree (`PoseEstimator.input_sizes`) run as one batch, whatever their own sizes;
 `PoseEstimator.compiles` says whether a batch compiles new programs first (a progress bar says
-so). Input files are read by `inputs`.
+so). A call is `decode` (warp, network, maps) then `group`: a stream runs them in different
+threads. Input files are read by `inputs`.
 
 A `Decoder` is any callable `(pyramid, base_hw) -> Maps`, where `pyramid` lists
 `(scale, uint8 images (B, h, w, 3))` largest scale first; its `batch_size` says how many images
 per call keep its devices busy, `compiles` whether a call compiles first. Two exist:
-- `jax_decoder.JaxDecoder`: network and decoding on device (JAX);
+- `jax_decoder.JaxDecoder`: network and decoding on device (JAX); the maps stay there
+  (`device_maps.DeviceMaps`);
 - `host_decoder.HostDecoder`: wraps any `backend(float32 images) -> (heatmaps_4, tags_4,
-  heatmaps_2)` (e.g. an ONNX Runtime session, `onnx_decoder`) and aggregates with NumPy.
+  heatmaps_2)` (e.g. an ONNX Runtime session, `onnx_decoder`) and aggregates with NumPy and
+  OpenCV (`grouping.HostMaps`).
 """
 
 import dataclasses

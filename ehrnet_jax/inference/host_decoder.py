@@ -1,8 +1,8 @@
 """`HostDecoder`: the `Decoder` for any network backend that returns NumPy arrays.
 
 The backend runs the network (e.g. an ONNX Runtime session, `onnx_decoder.OnnxNetwork`); the flip
-test, the upsampling and the mean over scales run here with NumPy (`aggregation`), so no JAX is
-imported.
+test, the upsampling (OpenCV) and the mean over scales run here (`aggregation`), so no JAX is
+imported. Each image's maps go to the grouping as `grouping.HostMaps`.
 """
 
 import time
