@@ -109,18 +109,6 @@ def _host_maps(maps: np.ndarray, config) -> grouping.HostMaps:
   return grouping.HostMaps(maps[0], np.stack(list(maps[1:]), axis=-1), config)
 
 
-def quarter_offsets(heatmaps: jax.Array, joint, x, y) -> tuple[jax.Array, jax.Array]:
-  """`grouping.quarter_offsets` on the device: heatmaps (J, H, W); joint, x, y int arrays of one
-  shape -> offset_x, offset_y float32 of that shape."""
-  _, h, w = heatmaps.shape
-  right = heatmaps[joint, y, jnp.minimum(x + 1, w - 1)]
-  left = heatmaps[joint, y, jnp.maximum(x - 1, 0)]
-  down = heatmaps[joint, jnp.minimum(y + 1, h - 1), x]
-  up = heatmaps[joint, jnp.maximum(y - 1, 0), x]
-  return (jnp.where(right > left, 0.25, -0.25).astype(jnp.float32),
-          jnp.where(down > up, 0.25, -0.25).astype(jnp.float32))
-
-
 @functools.partial(jax.jit, static_argnames=("tile",))
 def tile_summaries(maps: jax.Array, tile: int):
   """A batch's maps made ready for `search_refined_pixels`: padded to whole tiles at the
@@ -131,7 +119,7 @@ def tile_summaries(maps: jax.Array, tile: int):
     maps: stacked maps (1 + T, B, J, H, W).
 
   Returns:
-    the (padded) maps, det_max (B, J, R*C), tag_lo and tag_hi (T, B, J, R*C).
+    the (padded) maps, det_max (B, J, R*C), tag_lo and tag_hi (B, J, R*C, T).
   """
   h, w = maps.shape[-2:]
   if h % tile or w % tile:
@@ -145,7 +133,8 @@ def tile_summaries(maps: jax.Array, tile: int):
   reduce = lambda part, op: op(op(part, axis=-1).reshape(
       *part.shape[:3], height // tile, tile, width // tile), axis=-2).reshape(*part.shape[:3], -1)
   det_max = reduce(rows[:1], jnp.max)[0]                                   # (B, J, R*C)
-  tag_lo, tag_hi = reduce(rows[1:], jnp.min), reduce(rows[1:], jnp.max)    # (T, B, J, R*C)
+  tag_lo, tag_hi = (jnp.moveaxis(reduce(rows[1:], op), 0, -1)              # (B, J, R*C, T)
+                    for op in (jnp.min, jnp.max))
   return maps, det_max, tag_lo, tag_hi
 
 
@@ -169,8 +158,8 @@ def search_refined_pixels(tiled, index, joint, mean_tags, valid, size_hw: tuple[
   planes = maps.shape[0]
   h, w = size_hw
   cols = maps.shape[-1] // tile
-  det_max, tag_lo, tag_hi = det_max[index], tag_lo[:, index], tag_hi[:, index]
-  bound = _bounds(det_max[joint], tag_lo[:, joint], tag_hi[:, joint], mean_tags)   # (Q, R*C)
+  bound = grouping.tile_bounds(det_max[index, joint], tag_lo[index, joint], tag_hi[index, joint],
+                               mean_tags, jnp)                             # (Q, R*C)
   order = jnp.argsort(-bound, axis=1)
   num_rounds = -(-order.shape[1] // per_round)
   extra = num_rounds * per_round + 1 - order.shape[1]   # whole rounds, then one -inf sentinel
@@ -214,16 +203,5 @@ def search_refined_pixels(tiled, index, joint, mean_tags, valid, size_hw: tuple[
       lambda state: (state[0] < num_rounds) & unresolved(state).any(), visit, start)
   y, x = first // w, first % w
   heatmaps = maps[0, index, :, :h, :w]                                    # (J, H, W)
-  return (x, y, heatmaps[joint, y, x], *quarter_offsets(heatmaps, joint, x, y), wide < best)
-
-
-def _bounds(det_max, tag_lo, tag_hi, mean_tags):
-  """(Q, N) upper bounds of the objective per block: its maximum heatmap value minus the least
-  `round` of a distance to its tag box (with slack for rounding, as `grouping._Tiles.bounds`).
-
-  det_max (Q, N); tag_lo, tag_hi (T, Q, N); mean_tags (Q, T)."""
-  m = mean_tags.T[:, :, None]                                             # (T, Q, 1)
-  gap = jnp.maximum(jnp.maximum(tag_lo - m, m - tag_hi), 0)
-  slack = 1e-5 * (1 + jnp.abs(tag_lo).max() + jnp.abs(tag_hi).max() + jnp.abs(mean_tags).max())
-  distance = jnp.sqrt(jnp.sum(gap * gap, axis=0))
-  return det_max - jnp.maximum(jnp.ceil(distance - slack - 0.5), 0)
+  return (x, y, heatmaps[joint, y, x], *grouping.quarter_offsets(heatmaps, joint, x, y, jnp),
+          wide < best)

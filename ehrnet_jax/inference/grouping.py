@@ -173,15 +173,22 @@ class MapSource(Protocol):
     the heatmap value there (float32) and its `quarter_offsets`, each (N,)."""
     ...
 
+  def to_host(self) -> "HostMaps":
+    """The maps as NumPy arrays (copied from a device), for inspection and tests."""
+    ...
 
-def quarter_offsets(heatmaps: np.ndarray, joint, x, y):
-  """+0.25 towards the higher horizontal/vertical neighbour, -0.25 on ties (clamped borders)."""
+
+def quarter_offsets(heatmaps, joint, x, y, xp=np):
+  """+0.25 towards the higher horizontal/vertical neighbour, -0.25 on ties (clamped borders).
+
+  heatmaps (J, H, W); joint, x, y integer arrays of one shape -> offset_x, offset_y of that
+  shape. `xp`: NumPy, or `jax.numpy` for maps on a JAX device (`device_maps`)."""
   _, h, w = heatmaps.shape
-  right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
-  left = heatmaps[joint, y, np.maximum(x - 1, 0)]
-  down = heatmaps[joint, np.minimum(y + 1, h - 1), x]
-  up = heatmaps[joint, np.maximum(y - 1, 0), x]
-  return np.where(right > left, 0.25, -0.25), np.where(down > up, 0.25, -0.25)
+  right = heatmaps[joint, y, xp.minimum(x + 1, w - 1)]
+  left = heatmaps[joint, y, xp.maximum(x - 1, 0)]
+  down = heatmaps[joint, xp.minimum(y + 1, h - 1), x]
+  up = heatmaps[joint, xp.maximum(y - 1, 0), x]
+  return xp.where(right > left, 0.25, -0.25), xp.where(down > up, 0.25, -0.25)
 
 
 class HostMaps:
@@ -313,18 +320,10 @@ class _Tiles:
                         + np.arange(self.cols) * tile).reshape(-1)        # (R*C,)
 
   def bounds(self, mean_tags: np.ndarray, joint: np.ndarray) -> np.ndarray:
-    """(N, R*C) upper bounds of the objective of query (mean_tags[n], joint[n]) per tile.
-
-    The tag distance in a tile is at least d, the distance to its tag box, and
-    round(distance) >= ceil(d - 1/2); `slack` covers float32 distances a few ulps short of d.
-    """
-    m = mean_tags[:, None, None, :]                                       # (N, 1, 1, T)
-    gap = np.maximum(np.maximum(self.tag_lo[joint] - m, m - self.tag_hi[joint]), 0)
-    slack = 1e-5 * (1 + np.abs(self.tag_lo).max() + np.abs(self.tag_hi).max()
-                    + np.abs(mean_tags).max())
-    distance = np.sqrt((gap.astype(np.float64) ** 2).sum(-1))
-    min_round = np.maximum(np.ceil(distance - slack - 0.5), 0).astype(np.float32)
-    return (self.det_max[joint] - min_round).reshape(len(joint), -1)
+    """(N, R*C) upper bounds of the objective of query (mean_tags[n], joint[n]) per tile."""
+    per_query = lambda summary: summary[joint].reshape(len(joint), self.det_max[0].size, -1)
+    return tile_bounds(per_query(self.det_max)[..., 0], per_query(self.tag_lo),
+                       per_query(self.tag_hi), mean_tags)
 
   def best_in(self, mean_tags: np.ndarray, joint: np.ndarray, tile_index: np.ndarray):
     """Exact best value and its flat pixel index within one tile per query (float32 math)."""
@@ -336,6 +335,22 @@ class _Tiles:
     y = local // self.tile + row * self.tile
     x = local % self.tile + col * self.tile
     return objective[np.arange(len(joint)), local], y * self.width + x
+
+
+def tile_bounds(det_max, tag_lo, tag_hi, mean_tags, xp=np):
+  """Upper bounds of refine's objective per query and tile: the tile's maximum heatmap value
+  minus the least `round` of a tag distance in the tile.
+
+  The tag distance in a tile is at least d, the distance to its tag box, and
+  round(distance) >= ceil(d - 1/2); `slack` covers float32 distances a few ulps short of d.
+  det_max (Q, N); tag_lo, tag_hi (Q, N, T): the tiles' tag boxes; mean_tags (Q, T) -> (Q, N).
+  `xp`: NumPy, or `jax.numpy` (`device_maps`).
+  """
+  m = mean_tags[:, None, :]                                               # (Q, 1, T)
+  gap = xp.maximum(xp.maximum(tag_lo - m, m - tag_hi), 0)
+  slack = 1e-5 * (1 + xp.abs(tag_lo).max() + xp.abs(tag_hi).max() + xp.abs(mean_tags).max())
+  distance = xp.sqrt((gap * gap).sum(-1))
+  return det_max - xp.maximum(xp.ceil(distance - slack - 0.5), 0)
 
 
 def _pad_to_tiles(maps: np.ndarray, tile: int, **pad_args) -> np.ndarray:

@@ -40,7 +40,7 @@ from ehrnet_jax import images as images_lib
 from ehrnet_jax import keypoints as keypoints_lib
 from ehrnet_jax import traced_programs, weights
 from ehrnet_jax.inference import aggregation, grouping
-from ehrnet_jax.inference.device_maps import DeviceMaps, quarter_offsets, tile_summaries
+from ehrnet_jax.inference.device_maps import DeviceMaps, tile_summaries
 from ehrnet_jax.inference.estimator import Maps, PoseEstimator
 from ehrnet_jax.models import EfficientHRNet, ExecutionForm, fold_batch_norm
 from ehrnet_jax.scaling import ScalingSpec
@@ -235,5 +235,5 @@ def _top_k_with_tags(k, peaks, maps):
   tags = jnp.take_along_axis(flat_tags, index[None], axis=3)
   joint = jnp.broadcast_to(jnp.arange(xy.shape[1])[:, None], xy.shape[1:3])
   offsets = jax.vmap(lambda heatmaps, xy: jnp.stack(
-      quarter_offsets(heatmaps, joint, xy[..., 0], xy[..., 1]), -1))(maps[0], xy)
+      grouping.quarter_offsets(heatmaps, joint, xy[..., 0], xy[..., 1], jnp), -1))(maps[0], xy)
   return xy, values, jnp.moveaxis(tags, 0, -1), offsets
