@@ -85,7 +85,7 @@ def reference_parser(path: pathlib.Path):
 
   def parse(heatmaps, tags):
     ans, scores = parser.parse(torch.from_numpy(heatmaps[None]), torch.from_numpy(tags[None]))
-    people = np.asarray(ans[0], np.float32).reshape(-1, *heatmaps.shape[:1], 2 + tags.shape[-1] + 1)
+    people = np.asarray(ans[0], np.float32).reshape(-1, len(heatmaps), 3 + tags.shape[-1])
     return people, np.asarray(scores, np.float32)
   return parse
 

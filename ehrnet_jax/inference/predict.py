@@ -140,8 +140,7 @@ def predict(estimator: PoseEstimator, checked: list, out_dir, threshold: float =
              for position, item in enumerate(checked, 1) if isinstance(item, Input)
              for record in run.records_of(str(item.path)) for entry in record["people"]]
   failed_records = [failed[position].record() for position in sorted(failed)]
-  atomic.write_atomically(out_dir / FAILED_FILE,
-                                     json.dumps(failed_records, indent=1) + "\n")
+  atomic.write_atomically(out_dir / FAILED_FILE, json.dumps(failed_records, indent=1) + "\n")
   coco_results.write_results(out_dir / "predictions.json", entries)
   return Prediction(entries, failed_records, run.resumed)
 
