@@ -1,6 +1,6 @@
 """A pipelined video stream: frames in from a file, a camera or a URL, tracked people out.
 
-    source -reader-> [frames] =network=> [poses] -tracking-> [tracked] -> sink (the caller)
+    source -reader-> [frames] =network=> [maps] -grouping, tracking-> [tracked] -> sink (caller)
 
 Each arrow is a thread (`=network=>`: `network_threads` of them, on consecutive frames) and each
 bracket a bounded queue (`queue_size` items). OpenCV's decoding, the network (JAX's dispatch,
